@@ -1,0 +1,501 @@
+//! `notes_server`: an rmcp MCP server protected by tower-mcp-auth.
+//!
+//! An in-memory notes store served over Streamable HTTP behind [`McpAuth`]: every request needs
+//! an access token for this server's resource URI; tools read the caller's [`Principal`].
+//!
+//! | capability                                     | scope             |
+//! |------------------------------------------------|-------------------|
+//! | `list_notes`, `notes://all`, `summarize_notes` | `notes:read`      |
+//! | `add_note`                                     | `notes:write`     |
+//! | `delete_note`                                  | `notes:admin`     |
+//! | `whoami`                                       | any valid token   |
+//!
+//! ```text
+//! cargo run --example notes_server --features testing -- [OPTIONS]
+//!
+//!   --listen ADDR        socket to bind (default 127.0.0.1:8080)
+//!   --resource URL       canonical resource URI (default http://ADDR/mcp); served at its path
+//!   --issuer URL         trusted issuer; without it an embedded development issuer signs
+//!                        tokens and ready-to-use tokens are printed
+//!   --jwks-uri URL       the issuer's JWK Set
+//!   --config FILE        a TOML McpAuthConfig (resource, issuers, scopes, token rules)
+//!   --dpop off|allowed|required, --introspection-endpoint URL, --client-id ID,
+//!   --client-secret S, --audit-log FILE: not yet supported (the command fails)
+//! ```
+//!
+//! The scope checks inside the tools are the example's own; the crate's policy layer will
+//! enforce them before the tools run.
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+};
+
+use axum::Router;
+use http::{Uri, request::Parts};
+use rmcp::{
+    ErrorData, RoleServer, ServerHandler,
+    handler::server::{
+        router::{prompt::PromptRouter, tool::ToolRouter},
+        tool::Extension,
+        wrapper::Parameters,
+    },
+    model::{
+        GetPromptResult, Implementation, ListResourcesResult, PaginatedRequestParams,
+        PromptMessage, ReadResourceRequestParams, ReadResourceResponse, ReadResourceResult,
+        Resource, ResourceContents, Role, ServerCapabilities, ServerConfig,
+    },
+    prompt, prompt_handler, prompt_router,
+    service::RequestContext,
+    tool, tool_handler, tool_router,
+    transport::streamable_http_server::{
+        StreamableHttpServerConfig, StreamableHttpService, session::never::NeverSessionManager,
+    },
+};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use tower_mcp_auth::testing::DevIssuer;
+use tower_mcp_auth::{IssuerConfig, McpAuth, McpAuthConfig, Principal};
+
+// ---------------------------------------------------------------------------
+// Authorization helpers shared by tools, resources and prompts.
+// ---------------------------------------------------------------------------
+
+const READ: &str = "notes:read";
+const WRITE: &str = "notes:write";
+const ADMIN: &str = "notes:admin";
+
+/// The authenticated caller, or a message explaining why there is none.
+fn identity(parts: &Parts) -> Result<&Principal, String> {
+    parts
+        .extensions
+        .get::<Principal>()
+        .ok_or_else(|| "unauthenticated: no principal on this request".to_owned())
+}
+
+/// The authenticated caller, provided they were granted `scope`.
+///
+/// The error is a human-readable message. Tools return it as a tool error
+/// (`isError: true`, visible to the model); resources and prompts turn it
+/// into a JSON-RPC error with [`access_denied`].
+fn require_scope<'a>(parts: &'a Parts, scope: &str) -> Result<&'a Principal, String> {
+    let identity = identity(parts)?;
+    if identity.has_scope(scope) {
+        Ok(identity)
+    } else {
+        Err(format!("forbidden: missing scope `{scope}`"))
+    }
+}
+
+/// JSON-RPC error for resource and prompt requests that fail [`require_scope`].
+fn access_denied(message: String) -> ErrorData {
+    ErrorData::invalid_request(message, None)
+}
+
+/// The HTTP request parts rmcp attaches to every request it receives over HTTP.
+fn http_parts(context: &RequestContext<RoleServer>) -> Result<&Parts, ErrorData> {
+    context
+        .extensions
+        .get::<Parts>()
+        .ok_or_else(|| ErrorData::internal_error("request did not arrive over HTTP", None))
+}
+
+// ---------------------------------------------------------------------------
+// The notes server.
+// ---------------------------------------------------------------------------
+
+const ALL_NOTES_URI: &str = "notes://all";
+
+#[derive(Debug, Clone, Serialize)]
+struct Note {
+    id: u64,
+    text: String,
+}
+
+/// State shared by every request. rmcp builds one `NotesServer` per request in
+/// stateless mode, so the store lives behind `Arc`s.
+#[derive(Debug, Clone, Default)]
+struct NotesStore {
+    notes: Arc<Mutex<Vec<Note>>>,
+    next_id: Arc<AtomicU64>,
+}
+
+impl NotesStore {
+    fn all(&self) -> Vec<Note> {
+        self.notes.lock().unwrap().clone()
+    }
+
+    fn add(&self, text: String) -> Note {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
+        let note = Note { id, text };
+        self.notes.lock().unwrap().push(note.clone());
+        note
+    }
+
+    fn delete(&self, id: u64) -> bool {
+        let mut notes = self.notes.lock().unwrap();
+        let before = notes.len();
+        notes.retain(|note| note.id != id);
+        notes.len() != before
+    }
+
+    fn all_as_json(&self) -> String {
+        serde_json::to_string_pretty(&self.all()).expect("notes serialize")
+    }
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+struct AddNoteArgs {
+    /// The text of the note.
+    text: String,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+struct DeleteNoteArgs {
+    /// The id of the note to delete.
+    id: u64,
+}
+
+#[derive(Clone)]
+struct NotesServer {
+    store: NotesStore,
+    tool_router: ToolRouter<Self>,
+    prompt_router: PromptRouter<Self>,
+}
+
+impl NotesServer {
+    fn new(store: NotesStore) -> Self {
+        Self {
+            store,
+            tool_router: Self::tool_router(),
+            prompt_router: Self::prompt_router(),
+        }
+    }
+}
+
+// Tools return `Result<String, String>`: rmcp turns `Err` into a tool result
+// with `isError: true`, so `?` on `require_scope` reports a missing scope to
+// the model instead of failing the JSON-RPC request.
+//
+// `Extension<Parts>` is rmcp's extractor for the HTTP request parts; it fails
+// the request with `invalid_params` if the server is not running over HTTP.
+#[tool_router]
+impl NotesServer {
+    #[tool(description = "Show who the server thinks is calling, as JSON.")]
+    async fn whoami(&self, Extension(parts): Extension<Parts>) -> Result<String, String> {
+        let principal = identity(&parts)?;
+        let chain: Vec<_> = principal
+            .delegation_chain()
+            .iter()
+            .map(|actor| serde_json::json!({"sub": actor.subject, "iss": actor.issuer, "client_id": actor.client_id}))
+            .collect();
+        let me = serde_json::json!({
+            "issuer": principal.issuer(),
+            "subject": principal.subject(),
+            "client_id": principal.client_id(),
+            "scopes": principal.scopes(),
+            "delegation_chain": chain,
+            "token_thumbprint": principal.token_thumbprint(),
+        });
+        Ok(serde_json::to_string_pretty(&me).expect("identity serializes"))
+    }
+
+    #[tool(description = "List all notes as JSON. Requires scope notes:read.")]
+    async fn list_notes(&self, Extension(parts): Extension<Parts>) -> Result<String, String> {
+        require_scope(&parts, READ)?;
+        Ok(self.store.all_as_json())
+    }
+
+    #[tool(description = "Add a note and return it as JSON. Requires scope notes:write.")]
+    async fn add_note(
+        &self,
+        Extension(parts): Extension<Parts>,
+        Parameters(AddNoteArgs { text }): Parameters<AddNoteArgs>,
+    ) -> Result<String, String> {
+        require_scope(&parts, WRITE)?;
+        let note = self.store.add(text);
+        Ok(serde_json::to_string_pretty(&note).expect("note serializes"))
+    }
+
+    #[tool(description = "Delete a note by id. Requires scope notes:admin.")]
+    async fn delete_note(
+        &self,
+        Extension(parts): Extension<Parts>,
+        Parameters(DeleteNoteArgs { id }): Parameters<DeleteNoteArgs>,
+    ) -> Result<String, String> {
+        require_scope(&parts, ADMIN)?;
+        if self.store.delete(id) {
+            Ok(format!("deleted note {id}"))
+        } else {
+            Err(format!("no note with id {id}"))
+        }
+    }
+}
+
+// Prompts take the same extractors as tools, but have no "error result":
+// a missing scope fails the request with a JSON-RPC error.
+#[prompt_router]
+impl NotesServer {
+    #[prompt(description = "Ask the model to summarize all notes. Requires scope notes:read.")]
+    async fn summarize_notes(
+        &self,
+        Extension(parts): Extension<Parts>,
+    ) -> Result<GetPromptResult, ErrorData> {
+        require_scope(&parts, READ).map_err(access_denied)?;
+        let text = format!(
+            "Summarize the following notes in a few bullet points:\n\n{}",
+            self.store.all_as_json()
+        );
+        Ok(
+            GetPromptResult::new(vec![PromptMessage::new_text(Role::User, text)])
+                .with_description("Summarize all notes"),
+        )
+    }
+}
+
+// Resources have no router macro, so `list_resources` and `read_resource`
+// are written by hand; they reach the HTTP parts through the request context.
+#[tool_handler(router = self.tool_router)]
+#[prompt_handler(router = self.prompt_router)]
+impl ServerHandler for NotesServer {
+    fn get_info(&self) -> ServerConfig {
+        ServerConfig::new(
+            ServerCapabilities::builder()
+                .enable_tools()
+                .enable_resources()
+                .enable_prompts()
+                .build(),
+        )
+        // `ServerConfig::new` fills in rmcp's own crate name and version.
+        .with_server_info(Implementation::new(
+            "notes-server",
+            env!("CARGO_PKG_VERSION"),
+        ))
+        .with_instructions("An in-memory notes store. Each capability requires a notes:* scope.")
+    }
+
+    async fn list_resources(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListResourcesResult, ErrorData> {
+        Ok(ListResourcesResult::with_all_items(vec![
+            Resource::new(ALL_NOTES_URI, "all-notes")
+                .with_description("Every note, as JSON. Requires scope notes:read.")
+                .with_mime_type("application/json"),
+        ]))
+    }
+
+    async fn read_resource(
+        &self,
+        request: ReadResourceRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<ReadResourceResponse, ErrorData> {
+        if request.uri != ALL_NOTES_URI {
+            return Err(ErrorData::resource_not_found(
+                format!("no resource at {}", request.uri),
+                None,
+            ));
+        }
+        require_scope(http_parts(&context)?, READ).map_err(access_denied)?;
+        let contents = ResourceContents::text(self.store.all_as_json(), request.uri)
+            .with_mime_type("application/json");
+        Ok(ReadResourceResult::new(vec![contents]).into())
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Command line and HTTP wiring.
+// ---------------------------------------------------------------------------
+
+#[derive(Default)]
+struct Args {
+    listen: Option<String>,
+    resource: Option<String>,
+    issuer: Option<String>,
+    jwks_uri: Option<String>,
+    config: Option<String>,
+}
+
+const USAGE: &str = "usage: notes_server [--listen ADDR] [--resource URL] [--issuer URL \
+    --jwks-uri URL] [--config FILE]";
+
+fn parse_args() -> Result<Args, String> {
+    let mut args = Args::default();
+    let mut argv = std::env::args().skip(1);
+    while let Some(flag) = argv.next() {
+        let mut value = || argv.next().ok_or_else(|| format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--listen" => args.listen = Some(value()?),
+            "--resource" => args.resource = Some(value()?),
+            "--issuer" => args.issuer = Some(value()?),
+            "--jwks-uri" => args.jwks_uri = Some(value()?),
+            "--config" => args.config = Some(value()?),
+            "--dpop" => {
+                let mode = value()?;
+                if mode != "off" {
+                    return Err(format!(
+                        "--dpop {mode}: not yet supported (DPoP lands later)"
+                    ));
+                }
+            }
+            "--introspection-endpoint" | "--client-id" | "--client-secret" | "--audit-log" => {
+                return Err(format!("{flag}: not yet supported"));
+            }
+            "--help" | "-h" => return Err(USAGE.to_owned()),
+            _ => return Err(format!("unknown argument {flag}\n{USAGE}")),
+        }
+    }
+    Ok(args)
+}
+
+/// `Host` values rmcp's DNS-rebinding check should accept: the bound address,
+/// `localhost` on the bound port, loopback when bound to a wildcard address,
+/// and the authority of the public resource URL.
+fn allowed_hosts(addr: SocketAddr, resource: &Uri) -> Vec<String> {
+    let port = addr.port();
+    let mut hosts = vec![addr.to_string(), format!("localhost:{port}")];
+    if addr.ip().is_unspecified() {
+        hosts.push(format!("127.0.0.1:{port}"));
+        hosts.push(format!("[::1]:{port}"));
+    }
+    if let Some(authority) = resource.authority() {
+        hosts.push(authority.to_string());
+    }
+    hosts
+}
+
+/// Builds the auth stack from the flags; returns the dev issuer when one is used.
+fn build_auth(args: &Args, resource: &str) -> Result<(McpAuth, Option<DevIssuer>), String> {
+    if let Some(path) = &args.config {
+        let mut config = McpAuthConfig::from_toml_file(path).map_err(|e| e.to_string())?;
+        if let Some(resource) = &args.resource {
+            config.resource = resource.clone();
+        }
+        if config.resource.is_empty() {
+            config.resource = resource.to_owned();
+        }
+        return Ok((
+            McpAuth::from_config(config).map_err(|e| e.to_string())?,
+            None,
+        ));
+    }
+    let builder = McpAuth::builder()
+        .resource(resource)
+        .resource_name("Notes (tower-mcp-auth example)")
+        .scopes_supported(["notes:read"]);
+    match (&args.issuer, &args.jwks_uri) {
+        (Some(issuer), Some(jwks_uri)) => {
+            let auth = builder
+                .issuer(IssuerConfig::new(issuer).jwks_uri(jwks_uri))
+                .build()
+                .map_err(|e| e.to_string())?;
+            Ok((auth, None))
+        }
+        (Some(_), None) => {
+            Err("--issuer needs --jwks-uri (issuer discovery is not yet supported)".into())
+        }
+        (None, Some(_)) => Err("--jwks-uri needs --issuer".into()),
+        (None, None) => {
+            let base = resource.split("/mcp").next().unwrap_or(resource);
+            let dev = DevIssuer::new(format!("{}/dev-issuer", base.trim_end_matches('/')));
+            let auth = builder
+                .issuer(dev.issuer_config())
+                .build()
+                .map_err(|e| e.to_string())?;
+            Ok((auth, Some(dev)))
+        }
+    }
+}
+
+/// The newcomer's first five minutes: tokens for each scope set and a curl session.
+fn print_dev_session(dev: &DevIssuer, resource: &str) {
+    println!(
+        "development issuer {} (tokens valid for 1 hour)",
+        dev.issuer()
+    );
+    let sets = [
+        ("READ_TOKEN", "notes:read"),
+        ("WRITE_TOKEN", "notes:read notes:write"),
+        ("ADMIN_TOKEN", "notes:read notes:write notes:admin"),
+    ];
+    for (name, scopes) in sets {
+        let token = dev
+            .token(resource)
+            .scope(scopes)
+            .expires_in(std::time::Duration::from_secs(3600))
+            .sign();
+        println!("export {name}={token}   # {scopes}");
+    }
+    println!(
+        r#"
+# try it:
+curl -i {resource} -H 'Content-Type: application/json' -H 'Accept: application/json, text/event-stream' \
+  -d '{{"jsonrpc":"2.0","id":1,"method":"tools/list"}}'          # 401 + WWW-Authenticate
+curl -s {resource} -H "Authorization: Bearer $READ_TOKEN" -H 'Content-Type: application/json' \
+  -H 'Accept: application/json, text/event-stream' -H 'MCP-Protocol-Version: 2025-11-25' \
+  -d '{{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{{"name":"whoami","arguments":{{}}}}}}'
+curl -s {resource} -H "Authorization: Bearer $WRITE_TOKEN" -H 'Content-Type: application/json' \
+  -H 'Accept: application/json, text/event-stream' -H 'MCP-Protocol-Version: 2025-11-25' \
+  -d '{{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{{"name":"add_note","arguments":{{"text":"hello"}}}}}}'
+"#
+    );
+}
+
+#[tokio::main]
+async fn main() {
+    if let Err(err) = run().await {
+        eprintln!("notes_server: {err}");
+        std::process::exit(2);
+    }
+}
+
+async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    let args = parse_args()?;
+
+    let listener =
+        tokio::net::TcpListener::bind(args.listen.as_deref().unwrap_or("127.0.0.1:8080")).await?;
+    let addr = listener.local_addr()?;
+    let resource_url = args
+        .resource
+        .clone()
+        .unwrap_or_else(|| format!("http://{addr}/mcp"));
+    let resource: Uri = resource_url.parse()?;
+    let (auth, dev) = build_auth(&args, &resource_url)?;
+
+    // Stateless mode: no `Mcp-Session-Id`, every POST is handled on its own
+    // with that request's HTTP parts (and therefore that request's principal),
+    // and `json_response` makes plain request/response calls answer with
+    // `application/json` instead of an SSE stream.
+    let config = StreamableHttpServerConfig::default()
+        .with_legacy_session_mode(false)
+        .with_json_response(true)
+        .with_allowed_hosts(allowed_hosts(addr, &resource));
+
+    let store = NotesStore::default();
+    let mcp = StreamableHttpService::new(
+        move || Ok(NotesServer::new(store.clone())),
+        Arc::new(NeverSessionManager::default()),
+        config,
+    );
+
+    // axum refuses to nest at `/`; a root endpoint becomes the fallback.
+    let path = resource.path().trim_end_matches('/');
+    let app = if path.is_empty() {
+        Router::new().fallback_service(mcp)
+    } else {
+        Router::new().nest_service(path, mcp)
+    };
+    // One layer: serves the RFC 9728 metadata and authenticates everything else.
+    let app = app.layer(auth.layer());
+
+    if let Some(dev) = &dev {
+        print_dev_session(dev, &resource_url);
+    }
+    println!("listening on http://{addr}");
+    axum::serve(listener, app).await?;
+    Ok(())
+}

@@ -1,0 +1,402 @@
+//! [`McpAuthConfig`]: the whole configuration, deserializable from TOML, and its validation.
+//!
+//! ```
+//! use tower_mcp_auth::McpAuthConfig;
+//!
+//! let config = McpAuthConfig::from_toml_str(r#"
+//!     resource = "https://mcp.example.com/mcp"
+//!     scopes_supported = ["notes:read"]
+//!
+//!     [[issuers]]
+//!     issuer = "https://auth.example.com"
+//!     jwks_uri = "https://auth.example.com/jwks"
+//!     algorithms = ["ES256"]
+//!
+//!     [token]
+//!     leeway_secs = 30
+//!     max_lifetime_secs = 3600
+//! "#)?;
+//! assert_eq!(config.issuers.len(), 1);
+//! # Ok::<(), tower_mcp_auth::ConfigError>(())
+//! ```
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+use url::Url;
+
+use crate::keys::{KeyError, SigningAlgorithm};
+use crate::token::RequiredClaims;
+
+/// Everything [`McpAuth`](crate::McpAuth) needs, in one serde-friendly struct.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct McpAuthConfig {
+    /// The canonical URI of the MCP endpoint (e.g. `https://mcp.example.com/mcp`): the `aud`
+    /// every token must contain and the `resource` of the metadata document.
+    pub resource: String,
+    /// Trusted issuers and their keys.
+    #[serde(default)]
+    pub issuers: Vec<IssuerConfig>,
+    /// `authorization_servers` of the metadata document; defaults to the issuers.
+    #[serde(default)]
+    pub authorization_servers: Vec<String>,
+    /// `scopes_supported` of the metadata document (the minimal set for basic use).
+    #[serde(default)]
+    pub scopes_supported: Vec<String>,
+    /// The `scope` sent in 401 challenges; defaults to `scopes_supported`.
+    #[serde(default)]
+    pub challenge_scope: Option<Vec<String>>,
+    /// `resource_name` of the metadata document.
+    #[serde(default)]
+    pub resource_name: Option<String>,
+    /// `resource_documentation` of the metadata document.
+    #[serde(default)]
+    pub resource_documentation: Option<String>,
+    /// Token validation rules.
+    #[serde(default)]
+    pub token: TokenRules,
+}
+
+impl McpAuthConfig {
+    /// A configuration for `resource` with no issuers yet.
+    pub fn new(resource: impl Into<String>) -> Self {
+        Self {
+            resource: resource.into(),
+            issuers: Vec::new(),
+            authorization_servers: Vec::new(),
+            scopes_supported: Vec::new(),
+            challenge_scope: None,
+            resource_name: None,
+            resource_documentation: None,
+            token: TokenRules::default(),
+        }
+    }
+
+    /// Parses a TOML document.
+    pub fn from_toml_str(toml: &str) -> Result<Self, ConfigError> {
+        toml::from_str(toml).map_err(|e| ConfigError::Parse(e.to_string()))
+    }
+
+    /// Reads and parses a TOML file.
+    pub fn from_toml_file(path: impl Into<PathBuf>) -> Result<Self, ConfigError> {
+        let path = path.into();
+        let text = std::fs::read_to_string(&path).map_err(|e| ConfigError::Io {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
+        Self::from_toml_str(&text)
+    }
+}
+
+/// One trusted issuer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct IssuerConfig {
+    /// The issuer identifier, matched exactly against `iss`.
+    pub issuer: String,
+    /// A JWK Set URL, fetched and refreshed at run time.
+    #[serde(default)]
+    pub jwks_uri: Option<String>,
+    /// A JWK Set file read at startup.
+    #[serde(default)]
+    pub jwks_file: Option<PathBuf>,
+    /// A JWK Set document inline.
+    #[serde(default)]
+    pub jwks: Option<String>,
+    /// Individual PEM keys.
+    #[serde(default)]
+    pub keys: Vec<KeyConfig>,
+    /// Allowed algorithms; default: every asymmetric algorithm.
+    #[serde(default)]
+    pub algorithms: Option<Vec<SigningAlgorithm>>,
+}
+
+impl IssuerConfig {
+    /// An issuer with no keys yet.
+    pub fn new(issuer: impl Into<String>) -> Self {
+        Self {
+            issuer: issuer.into(),
+            jwks_uri: None,
+            jwks_file: None,
+            jwks: None,
+            keys: Vec::new(),
+            algorithms: None,
+        }
+    }
+
+    /// Keys from a JWK Set URL.
+    pub fn jwks_uri(mut self, uri: impl Into<String>) -> Self {
+        self.jwks_uri = Some(uri.into());
+        self
+    }
+
+    /// Keys from an inline JWK Set document.
+    pub fn jwks(mut self, document: impl Into<String>) -> Self {
+        self.jwks = Some(document.into());
+        self
+    }
+
+    /// Restricts the allowed algorithms.
+    pub fn algorithms(mut self, algorithms: impl IntoIterator<Item = SigningAlgorithm>) -> Self {
+        self.algorithms = Some(algorithms.into_iter().collect());
+        self
+    }
+}
+
+/// A PEM public key bound to one algorithm.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct KeyConfig {
+    /// The algorithm this key verifies.
+    pub alg: SigningAlgorithm,
+    /// The `kid` tokens name.
+    #[serde(default)]
+    pub kid: Option<String>,
+    /// The PEM text.
+    #[serde(default)]
+    pub pem: Option<String>,
+    /// A PEM file.
+    #[serde(default)]
+    pub pem_file: Option<PathBuf>,
+}
+
+/// Token validation rules.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct TokenRules {
+    /// Clock-skew leeway for `exp`, `nbf`, `iat`, in seconds (default 30).
+    pub leeway_secs: u64,
+    /// Refuse tokens whose `exp - iat` exceeds this many seconds.
+    pub max_lifetime_secs: Option<u64>,
+    /// Which RFC 9068 claims must be present.
+    pub required_claims: RequiredClaims,
+    /// Accept tokens without `typ: at+jwt` (see [`JwtVerifier::accept_untyped_tokens`]).
+    ///
+    /// [`JwtVerifier::accept_untyped_tokens`]: crate::token::JwtVerifier::accept_untyped_tokens
+    pub accept_untyped_tokens: bool,
+    /// Longest token accepted, in bytes (default 8192).
+    pub max_token_bytes: usize,
+}
+
+impl Default for TokenRules {
+    fn default() -> Self {
+        Self {
+            leeway_secs: 30,
+            max_lifetime_secs: None,
+            required_claims: RequiredClaims::default(),
+            accept_untyped_tokens: false,
+            max_token_bytes: 8 * 1024,
+        }
+    }
+}
+
+/// A configuration that cannot work, found at build time.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The TOML document does not parse or has unknown fields.
+    #[error("invalid configuration: {0}")]
+    Parse(String),
+    /// A file could not be read.
+    #[error("cannot read {}: {message}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        message: String,
+    },
+    /// A URL is unusable.
+    #[error("invalid {field} {value:?}: {reason}")]
+    InvalidUrl {
+        /// Which setting.
+        field: &'static str,
+        /// The value given.
+        value: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// No resource URI was configured.
+    #[error("no resource URI configured: set `resource` to the canonical URI of the MCP endpoint")]
+    MissingResource,
+    /// No issuer was configured.
+    #[error("no trusted issuer configured")]
+    NoIssuers,
+    /// The same issuer was configured twice.
+    #[error("issuer {0:?} is configured twice")]
+    DuplicateIssuer(String),
+    /// An issuer has no key source.
+    #[error("issuer {0:?} has no keys: set jwks_uri, jwks_file, jwks or keys")]
+    NoKeys(String),
+    /// An issuer's key cannot be loaded.
+    #[error("issuer {issuer:?}: {source}")]
+    Key {
+        /// The issuer.
+        issuer: String,
+        /// The key problem.
+        source: KeyError,
+    },
+    /// A configured key's algorithm is not in its issuer's allow-list.
+    #[error("issuer {issuer:?}: key {kid:?} uses {alg}, which is not in the issuer's algorithms")]
+    AlgorithmNotAllowed {
+        /// The issuer.
+        issuer: String,
+        /// The key id.
+        kid: Option<String>,
+        /// The key's algorithm.
+        alg: SigningAlgorithm,
+    },
+    /// An issuer's algorithm list is empty, or names HMAC without a shared secret.
+    #[error("issuer {issuer:?}: {reason}")]
+    InvalidAlgorithms {
+        /// The issuer.
+        issuer: String,
+        /// What is wrong.
+        reason: &'static str,
+    },
+    /// A scope is not a valid RFC 6749 scope-token.
+    #[error(
+        "invalid scope {0:?}: scopes are non-empty printable ASCII without spaces, quotes or backslashes"
+    )]
+    InvalidScope(String),
+    /// A remote key set needs an HTTP client and none is available.
+    #[error(
+        "issuer {0:?} uses jwks_uri but no HTTP client is available: enable the `reqwest` feature or call McpAuthBuilder::http_client"
+    )]
+    NoHttpClient(String),
+}
+
+/// Which URL rule to apply.
+#[derive(Clone, Copy)]
+pub(crate) enum UrlRole {
+    /// The canonical resource URI.
+    Resource,
+    /// An issuer identifier or a key set URL.
+    Remote(&'static str),
+}
+
+/// Parses and validates a URL: absolute `https` (or `http` on a loopback host), no fragment, no
+/// credentials; the resource must also be in canonical form and have no query.
+pub(crate) fn parse_url(value: &str, role: UrlRole) -> Result<Url, ConfigError> {
+    let field = match role {
+        UrlRole::Resource => "resource",
+        UrlRole::Remote(field) => field,
+    };
+    let err = |reason: &str| ConfigError::InvalidUrl {
+        field,
+        value: value.to_owned(),
+        reason: reason.to_owned(),
+    };
+    let url = Url::parse(value).map_err(|e| err(&e.to_string()))?;
+    let loopback = match url.host() {
+        Some(url::Host::Domain(d)) => d == "localhost",
+        Some(url::Host::Ipv4(ip)) => IpAddr::V4(ip).is_loopback(),
+        Some(url::Host::Ipv6(ip)) => IpAddr::V6(ip).is_loopback(),
+        None => return Err(err("must have a host")),
+    };
+    match url.scheme() {
+        "https" => {}
+        "http" if loopback => {}
+        "http" => {
+            return Err(err(
+                "must use https (http is allowed only for loopback hosts)",
+            ));
+        }
+        _ => return Err(err("must be an https URL")),
+    }
+    if url.fragment().is_some() || value.contains('#') {
+        return Err(err("must not have a fragment"));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(err("must not contain credentials"));
+    }
+    if let UrlRole::Resource = role {
+        if url.query().is_some() {
+            return Err(err("must not have a query"));
+        }
+        let canonical = url.as_str();
+        let same = canonical == value || (url.path() == "/" && canonical == format!("{value}/"));
+        if !same {
+            return Err(err(&format!(
+                "is not in canonical form; use {:?}",
+                canonical
+                    .strip_suffix('/')
+                    .filter(|_| url.path() == "/")
+                    .unwrap_or(canonical)
+            )));
+        }
+        if url.path() != "/" && url.path().ends_with('/') {
+            return Err(err("should not end with a slash"));
+        }
+    }
+    Ok(url)
+}
+
+/// RFC 6749 §3.3 scope-token: `1*( %x21 / %x23-5B / %x5D-7E )`.
+pub(crate) fn check_scope(scope: &str) -> Result<(), ConfigError> {
+    let valid = !scope.is_empty()
+        && scope
+            .bytes()
+            .all(|b| b == 0x21 || (0x23..=0x5B).contains(&b) || (0x5D..=0x7E).contains(&b));
+    if valid {
+        Ok(())
+    } else {
+        Err(ConfigError::InvalidScope(scope.to_owned()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resource_urls() {
+        let ok = [
+            "https://mcp.example.com/mcp",
+            "https://mcp.example.com",
+            "https://mcp.example.com:8443",
+            "http://127.0.0.1:8080/mcp",
+            "http://localhost:3000/mcp",
+            "http://[::1]:3000/mcp",
+        ];
+        for value in ok {
+            parse_url(value, UrlRole::Resource).unwrap_or_else(|e| panic!("{value}: {e}"));
+        }
+        let bad = [
+            "mcp.example.com",
+            "https://mcp.example.com#fragment",
+            "https://mcp.example.com/mcp?x=1",
+            "http://mcp.example.com/mcp",
+            "HTTPS://MCP.example.com/mcp",
+            "https://mcp.example.com:443/mcp",
+            "https://mcp.example.com/mcp/",
+            "https://user:pw@mcp.example.com/mcp",
+            "ftp://mcp.example.com/mcp",
+            "",
+        ];
+        for value in bad {
+            assert!(parse_url(value, UrlRole::Resource).is_err(), "{value}");
+        }
+    }
+
+    #[test]
+    fn scopes() {
+        assert!(check_scope("notes:read").is_ok());
+        for bad in ["", "a b", "a\"b", "a\\b", "é"] {
+            assert!(check_scope(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn toml_rejects_unknown_fields() {
+        let err =
+            McpAuthConfig::from_toml_str("resource = \"https://x\"\naudience_optional = true")
+                .unwrap_err();
+        assert!(matches!(err, ConfigError::Parse(_)));
+    }
+}

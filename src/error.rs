@@ -1,0 +1,470 @@
+//! [`AuthError`]: why a request was refused, and the one place that turns that into a status,
+//! a `WWW-Authenticate` challenge and a JSON body.
+//!
+//! Every rejection the layers make goes through [`AuthError::to_response`]. The error is also
+//! attached to the response extensions, so an outer layer (audit, metrics) can read *why* a
+//! request was refused without parsing headers.
+//!
+//! Descriptions are fixed strings chosen by this crate: nothing the client sent is ever reflected
+//! into a header or body, which keeps challenges well-formed and free of injected content.
+
+use std::fmt;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderValue, RETRY_AFTER, WWW_AUTHENTICATE};
+use http::{Response, StatusCode};
+use http_body_util::Full;
+
+/// Why a request was refused. Stable across releases: [`AuthErrorKind::as_str`] is the code the
+/// audit events record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum AuthErrorKind {
+    /// No credentials were sent, or they used a scheme this server does not take. 401, no `error`.
+    MissingCredentials,
+    /// More than one `Authorization` header, or more than one way of sending a token.
+    MultipleCredentials,
+    /// The `Authorization` header is not `scheme SP token68`, is not visible ASCII, or is too long.
+    MalformedAuthorization,
+    /// A token was sent in the URI query string (`access_token=`), which OAuth 2.1 forbids.
+    TokenInQuery,
+    /// A form-encoded body was sent to a protected endpoint (a token may hide in it).
+    FormEncodedBody,
+    /// The `DPoP` scheme was used but no DPoP proof layer is configured.
+    DpopNotEnabled,
+    /// The token is not a compact JWS: wrong segment count, bad base64url, bad JSON, or a JWE.
+    MalformedToken,
+    /// The token is longer than the configured maximum.
+    TokenTooLarge,
+    /// The JOSE header `typ` is missing or not `at+jwt` / `application/at+jwt`.
+    WrongTokenType,
+    /// The JOSE header `alg` is not in the allow-list, or does not match the key.
+    AlgorithmNotAllowed,
+    /// The JOSE header lists a critical extension (`crit`) this crate does not understand.
+    UnsupportedCriticalHeader,
+    /// No trusted key matches the token's `kid` and `alg`.
+    UnknownKey,
+    /// The signature does not verify.
+    InvalidSignature,
+    /// `iss` is not a trusted issuer.
+    UntrustedIssuer,
+    /// `aud` does not contain this server's canonical resource URI.
+    WrongAudience,
+    /// `exp` is in the past (beyond the leeway).
+    Expired,
+    /// `nbf` is in the future (beyond the leeway).
+    NotYetValid,
+    /// `iat` is in the future (beyond the leeway).
+    IssuedInFuture,
+    /// `exp - iat` exceeds the configured maximum lifetime.
+    LifetimeTooLong,
+    /// A claim this server requires is absent.
+    MissingClaim,
+    /// A claim has the wrong JSON type or an unusable value.
+    InvalidClaim,
+    /// The token is sender-constrained (`cnf`) but no matching proof of possession was presented.
+    MissingProofOfPossession,
+    /// The token has been revoked.
+    Revoked,
+    /// The token is valid but lacks a scope the operation needs. 403 `insufficient_scope`.
+    InsufficientScope,
+    /// The token is valid but the policy refuses the operation, and no scope can cure it. 403.
+    AccessDenied,
+    /// The keys needed to verify the token cannot be obtained right now. 503 with `Retry-After`.
+    KeysUnavailable,
+}
+
+impl AuthErrorKind {
+    /// The stable snake_case code of this kind, as recorded in audit events.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::MissingCredentials => "missing_credentials",
+            Self::MultipleCredentials => "multiple_credentials",
+            Self::MalformedAuthorization => "malformed_authorization",
+            Self::TokenInQuery => "token_in_query",
+            Self::FormEncodedBody => "form_encoded_body",
+            Self::DpopNotEnabled => "dpop_not_enabled",
+            Self::MalformedToken => "malformed_token",
+            Self::TokenTooLarge => "token_too_large",
+            Self::WrongTokenType => "wrong_token_type",
+            Self::AlgorithmNotAllowed => "algorithm_not_allowed",
+            Self::UnsupportedCriticalHeader => "unsupported_critical_header",
+            Self::UnknownKey => "unknown_key",
+            Self::InvalidSignature => "invalid_signature",
+            Self::UntrustedIssuer => "untrusted_issuer",
+            Self::WrongAudience => "wrong_audience",
+            Self::Expired => "expired",
+            Self::NotYetValid => "not_yet_valid",
+            Self::IssuedInFuture => "issued_in_future",
+            Self::LifetimeTooLong => "lifetime_too_long",
+            Self::MissingClaim => "missing_claim",
+            Self::InvalidClaim => "invalid_claim",
+            Self::MissingProofOfPossession => "missing_proof_of_possession",
+            Self::Revoked => "revoked",
+            Self::InsufficientScope => "insufficient_scope",
+            Self::AccessDenied => "access_denied",
+            Self::KeysUnavailable => "keys_unavailable",
+        }
+    }
+
+    /// The HTTP status this kind maps to.
+    pub const fn status(self) -> StatusCode {
+        match self.error_code() {
+            Some(ErrorCode::InvalidRequest) => StatusCode::BAD_REQUEST,
+            Some(ErrorCode::InsufficientScope) => StatusCode::FORBIDDEN,
+            _ => match self {
+                Self::AccessDenied => StatusCode::FORBIDDEN,
+                Self::KeysUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+                _ => StatusCode::UNAUTHORIZED,
+            },
+        }
+    }
+
+    /// The RFC 6750 `error` code, or `None` where none may be sent (no credentials, RFC 6750
+    /// §3.1) or none applies (a policy denial, an outage).
+    pub const fn error_code(self) -> Option<ErrorCode> {
+        match self {
+            Self::MissingCredentials | Self::AccessDenied | Self::KeysUnavailable => None,
+            Self::MultipleCredentials
+            | Self::MalformedAuthorization
+            | Self::TokenInQuery
+            | Self::FormEncodedBody => Some(ErrorCode::InvalidRequest),
+            Self::InsufficientScope => Some(ErrorCode::InsufficientScope),
+            _ => Some(ErrorCode::InvalidToken),
+        }
+    }
+
+    /// A fixed, human-readable description (sent as `error_description`).
+    pub const fn description(self) -> &'static str {
+        match self {
+            Self::MissingCredentials => "authentication required",
+            Self::MultipleCredentials => "exactly one Authorization header is allowed",
+            Self::MalformedAuthorization => "malformed Authorization header",
+            Self::TokenInQuery => "access tokens are not accepted in the query string",
+            Self::FormEncodedBody => "form-encoded bodies are not accepted",
+            Self::DpopNotEnabled => "the DPoP scheme is not enabled on this server",
+            Self::MalformedToken => "the access token is not a well-formed signed JWT",
+            Self::TokenTooLarge => "the access token is too large",
+            Self::WrongTokenType => "the token is not a JWT access token (typ at+jwt)",
+            Self::AlgorithmNotAllowed => "the token's signing algorithm is not allowed",
+            Self::UnsupportedCriticalHeader => "the token has an unsupported critical header",
+            Self::UnknownKey => "the token was not signed by a trusted key",
+            Self::InvalidSignature => "the token's signature is invalid",
+            Self::UntrustedIssuer => "the token's issuer is not trusted",
+            Self::WrongAudience => "the token was not issued for this resource",
+            Self::Expired => "the token has expired",
+            Self::NotYetValid => "the token is not yet valid",
+            Self::IssuedInFuture => "the token was issued in the future",
+            Self::LifetimeTooLong => "the token's lifetime exceeds the allowed maximum",
+            Self::MissingClaim => "the token lacks a required claim",
+            Self::InvalidClaim => "the token has an invalid claim",
+            Self::MissingProofOfPossession => {
+                "the token is sender-constrained and no matching proof was presented"
+            }
+            Self::Revoked => "the token has been revoked",
+            Self::InsufficientScope => "the token lacks a scope this operation requires",
+            Self::AccessDenied => "the operation is not permitted for this caller",
+            Self::KeysUnavailable => "token verification is temporarily unavailable",
+        }
+    }
+}
+
+impl fmt::Display for AuthErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The RFC 6750 §3.1 error codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorCode {
+    /// `invalid_request` (400).
+    InvalidRequest,
+    /// `invalid_token` (401).
+    InvalidToken,
+    /// `insufficient_scope` (403).
+    InsufficientScope,
+}
+
+impl ErrorCode {
+    /// The code as sent on the wire.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::InvalidRequest => "invalid_request",
+            Self::InvalidToken => "invalid_token",
+            Self::InsufficientScope => "insufficient_scope",
+        }
+    }
+}
+
+/// A refused request: the kind, an optional fixed detail, and for `insufficient_scope` the scopes
+/// the operation needs.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}", self.message())]
+pub struct AuthError {
+    kind: AuthErrorKind,
+    detail: Option<&'static str>,
+    required_scope: Option<Arc<str>>,
+    retry_after_secs: Option<u32>,
+}
+
+impl AuthError {
+    /// An error of this kind with its default description.
+    pub const fn new(kind: AuthErrorKind) -> Self {
+        Self {
+            kind,
+            detail: None,
+            required_scope: None,
+            retry_after_secs: None,
+        }
+    }
+
+    /// Adds a fixed detail, e.g. the name of a missing claim. Must not contain client input.
+    pub const fn with_detail(mut self, detail: &'static str) -> Self {
+        self.detail = Some(detail);
+        self
+    }
+
+    /// `insufficient_scope` naming the space-separated scopes the operation needs.
+    pub fn insufficient_scope(scope: impl Into<Arc<str>>) -> Self {
+        Self {
+            required_scope: Some(scope.into()),
+            ..Self::new(AuthErrorKind::InsufficientScope)
+        }
+    }
+
+    /// A 503 telling the client when to retry.
+    pub const fn unavailable(kind: AuthErrorKind, retry_after_secs: u32) -> Self {
+        Self {
+            kind,
+            detail: None,
+            required_scope: None,
+            retry_after_secs: Some(retry_after_secs),
+        }
+    }
+
+    /// The kind of failure.
+    pub const fn kind(&self) -> AuthErrorKind {
+        self.kind
+    }
+
+    /// The fixed detail, if any.
+    pub const fn detail(&self) -> Option<&'static str> {
+        self.detail
+    }
+
+    /// The scopes required by the refused operation (`insufficient_scope` only).
+    pub fn required_scope(&self) -> Option<&str> {
+        self.required_scope.as_deref()
+    }
+
+    /// The HTTP status.
+    pub const fn status(&self) -> StatusCode {
+        self.kind.status()
+    }
+
+    /// The description sent to the client: the kind's description plus the detail.
+    pub fn message(&self) -> String {
+        match self.detail {
+            Some(detail) => format!("{}: {detail}", self.kind.description()),
+            None => self.kind.description().to_owned(),
+        }
+    }
+
+    /// The `WWW-Authenticate` value for this error (the Bearer challenge), or `None` for statuses
+    /// that carry no challenge (503).
+    pub fn www_authenticate(&self, challenge: &ChallengeConfig) -> Option<String> {
+        if self.kind == AuthErrorKind::KeysUnavailable {
+            return None;
+        }
+        let mut out = String::with_capacity(160);
+        out.push_str("Bearer ");
+        let mut params = ParamWriter(&mut out, false);
+        if let Some(code) = self.kind.error_code() {
+            params.push("error", code.as_str());
+            params.push("error_description", &self.message());
+        }
+        let scope = match self.kind {
+            AuthErrorKind::InsufficientScope => self.required_scope.as_deref(),
+            _ if self.status() == StatusCode::UNAUTHORIZED => challenge.scope.as_deref(),
+            _ => None,
+        };
+        if let Some(scope) = scope {
+            params.push("scope", scope);
+        }
+        params.push("resource_metadata", &challenge.resource_metadata);
+        Some(out)
+    }
+
+    /// The full response: status, `WWW-Authenticate`, `Cache-Control: no-store`, a JSON body, and
+    /// this error in the extensions.
+    pub fn to_response(&self, challenge: &ChallengeConfig) -> Response<Full<Bytes>> {
+        let mut body = serde_json::Map::new();
+        if let Some(code) = self.kind.error_code() {
+            body.insert("error".into(), code.as_str().into());
+        }
+        body.insert("error_description".into(), self.message().into());
+        let body = serde_json::Value::Object(body);
+        let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
+        *response.status_mut() = self.status();
+        let headers = response.headers_mut();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        if let Some(value) = self.www_authenticate(challenge) {
+            // Every part is either fixed text or escaped, validated configuration.
+            if let Ok(value) = HeaderValue::try_from(value) {
+                headers.insert(WWW_AUTHENTICATE, value);
+            }
+        }
+        if let Some(secs) = self.retry_after_secs {
+            headers.insert(RETRY_AFTER, HeaderValue::from(secs));
+        }
+        response.extensions_mut().insert(self.clone());
+        response
+    }
+}
+
+impl From<AuthErrorKind> for AuthError {
+    fn from(kind: AuthErrorKind) -> Self {
+        Self::new(kind)
+    }
+}
+
+/// The server-wide parts of every challenge, fixed at build time.
+#[derive(Debug, Clone)]
+pub struct ChallengeConfig {
+    /// The protected resource metadata URL (RFC 9728 §5.1).
+    pub resource_metadata: Arc<str>,
+    /// The `scope` to advertise on 401s (MCP clients request it), space-separated.
+    pub scope: Option<Arc<str>>,
+}
+
+/// Writes `name="value"` pairs, comma-separated, escaping values as RFC 9110 quoted-strings.
+struct ParamWriter<'a>(&'a mut String, bool);
+
+impl ParamWriter<'_> {
+    fn push(&mut self, name: &str, value: &str) {
+        if self.1 {
+            self.0.push_str(", ");
+        }
+        self.1 = true;
+        self.0.push_str(name);
+        self.0.push('=');
+        push_quoted(self.0, value);
+    }
+}
+
+/// Appends `value` as an RFC 9110 quoted-string: `"` and `\` are escaped; control characters and
+/// non-ASCII (not allowed in a header here) become a space.
+pub(crate) fn push_quoted(out: &mut String, value: &str) {
+    out.push('"');
+    for c in value.chars() {
+        match c {
+            '"' | '\\' => {
+                out.push('\\');
+                out.push(c);
+            }
+            ' '..='~' | '\t' => out.push(c),
+            _ => out.push(' '),
+        }
+    }
+    out.push('"');
+}
+
+/// Lets users reshape a rejection (for example its body) after the crate has built it. The status
+/// and challenge are already set; changing them is possible but rarely wise.
+pub trait ShapeRejection: Send + Sync + 'static {
+    /// Adjusts `response`, which was built from `error`.
+    fn shape(&self, error: &AuthError, response: &mut Response<Full<Bytes>>);
+}
+
+impl<F> ShapeRejection for F
+where
+    F: Fn(&AuthError, &mut Response<Full<Bytes>>) + Send + Sync + 'static,
+{
+    fn shape(&self, error: &AuthError, response: &mut Response<Full<Bytes>>) {
+        self(error, response)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn challenge() -> ChallengeConfig {
+        ChallengeConfig {
+            resource_metadata: "https://mcp.example.com/.well-known/oauth-protected-resource/mcp"
+                .into(),
+            scope: Some("notes:read".into()),
+        }
+    }
+
+    #[test]
+    fn missing_credentials_has_no_error_attribute() {
+        let header = AuthError::new(AuthErrorKind::MissingCredentials)
+            .www_authenticate(&challenge())
+            .unwrap();
+        assert_eq!(
+            header,
+            "Bearer scope=\"notes:read\", resource_metadata=\"https://mcp.example.com/.well-known/oauth-protected-resource/mcp\""
+        );
+    }
+
+    #[test]
+    fn invalid_token_challenge_matches_rfc6750_shape() {
+        let header = AuthError::new(AuthErrorKind::Expired)
+            .www_authenticate(&challenge())
+            .unwrap();
+        assert_eq!(
+            header,
+            "Bearer error=\"invalid_token\", error_description=\"the token has expired\", scope=\"notes:read\", resource_metadata=\"https://mcp.example.com/.well-known/oauth-protected-resource/mcp\""
+        );
+    }
+
+    #[test]
+    fn insufficient_scope_names_the_required_scope_not_the_default() {
+        let err = AuthError::insufficient_scope("notes:write");
+        assert_eq!(err.status(), StatusCode::FORBIDDEN);
+        let header = err.www_authenticate(&challenge()).unwrap();
+        assert!(header.starts_with("Bearer error=\"insufficient_scope\""));
+        assert!(header.contains("scope=\"notes:write\""));
+        assert!(!header.contains("notes:read"));
+    }
+
+    #[test]
+    fn quoting_escapes_and_strips() {
+        let mut s = String::new();
+        push_quoted(&mut s, "a\"b\\c\r\nd\u{e9}");
+        assert_eq!(s, r#""a\"b\\c  d ""#);
+    }
+
+    #[test]
+    fn statuses() {
+        use AuthErrorKind::*;
+        for (kind, status) in [
+            (MissingCredentials, 401),
+            (MultipleCredentials, 400),
+            (MalformedAuthorization, 400),
+            (TokenInQuery, 400),
+            (Expired, 401),
+            (InsufficientScope, 403),
+            (AccessDenied, 403),
+            (KeysUnavailable, 503),
+        ] {
+            assert_eq!(kind.status().as_u16(), status, "{kind}");
+        }
+    }
+
+    #[test]
+    fn response_carries_error_extension_and_no_store() {
+        let err = AuthError::unavailable(AuthErrorKind::KeysUnavailable, 5);
+        let resp = err.to_response(&challenge());
+        assert_eq!(resp.status(), 503);
+        assert_eq!(resp.headers()[RETRY_AFTER], "5");
+        assert_eq!(resp.headers()[CACHE_CONTROL], "no-store");
+        assert!(resp.headers().get(WWW_AUTHENTICATE).is_none());
+        assert_eq!(resp.extensions().get::<AuthError>(), Some(&err));
+    }
+}

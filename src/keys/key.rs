@@ -1,0 +1,386 @@
+//! [`VerificationKey`] (one key bound to one algorithm) and [`KeySet`].
+
+use std::fmt;
+use std::sync::Arc;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use jsonwebtoken::DecodingKey;
+use serde::Deserialize;
+
+use super::KeyError;
+use super::algorithm::{KeyFamily, SigningAlgorithm};
+
+/// Smallest RSA modulus accepted (RFC 7518 §3.3, RFC 8725 §3.2).
+const MIN_RSA_BITS: usize = 2048;
+/// Smallest HMAC secret accepted: the hash output size of HS256 (RFC 7518 §3.2).
+const MIN_HMAC_BYTES: usize = 32;
+/// Longest `kid` kept; longer ones cannot match.
+pub(crate) const MAX_KID_LEN: usize = 256;
+
+/// A public key (or an explicitly configured shared secret) usable with exactly one algorithm.
+#[derive(Clone)]
+pub struct VerificationKey {
+    kid: Option<Arc<str>>,
+    alg: SigningAlgorithm,
+    key: DecodingKey,
+}
+
+impl VerificationKey {
+    /// A public key from PEM (`PUBLIC KEY` SPKI, or `RSA PUBLIC KEY`), used only with `alg`.
+    pub fn from_pem(alg: SigningAlgorithm, pem: &[u8]) -> Result<Self, KeyError> {
+        let key = match alg.family() {
+            KeyFamily::Rsa => DecodingKey::from_rsa_pem(pem),
+            KeyFamily::EcP256 | KeyFamily::EcP384 => DecodingKey::from_ec_pem(pem),
+            KeyFamily::Ed25519 => DecodingKey::from_ed_pem(pem),
+            KeyFamily::Hmac => return Err(KeyError::SymmetricNeedsSecret),
+        }
+        .map_err(|_| KeyError::InvalidPem { alg })?;
+        Ok(Self {
+            kid: None,
+            alg,
+            key,
+        })
+    }
+
+    /// A public JWK (RFC 7517) given as JSON. Its `alg` (or, without one, its type and curve)
+    /// fixes the algorithm; private keys and `oct` keys are refused.
+    pub fn from_jwk_json(json: &str) -> Result<Self, KeyError> {
+        let jwk: Jwk = serde_json::from_str(json).map_err(|_| KeyError::InvalidJwk {
+            reason: "not a JSON object with string members",
+        })?;
+        jwk.into_key()
+    }
+
+    /// An HMAC shared secret: the only way HS256/384/512 tokens are ever accepted. At least
+    /// 32 bytes.
+    pub fn shared_secret(alg: SigningAlgorithm, secret: &[u8]) -> Result<Self, KeyError> {
+        if !alg.is_symmetric() {
+            return Err(KeyError::SecretNeedsHmac { alg });
+        }
+        if secret.len() < MIN_HMAC_BYTES {
+            return Err(KeyError::WeakSecret);
+        }
+        Ok(Self {
+            kid: None,
+            alg,
+            key: DecodingKey::from_secret(secret),
+        })
+    }
+
+    /// Sets the key id tokens name in their `kid` header.
+    pub fn with_kid(mut self, kid: impl Into<Arc<str>>) -> Self {
+        self.kid = Some(kid.into());
+        self
+    }
+
+    /// The key id.
+    pub fn kid(&self) -> Option<&str> {
+        self.kid.as_deref()
+    }
+
+    /// The one algorithm this key verifies.
+    pub fn algorithm(&self) -> SigningAlgorithm {
+        self.alg
+    }
+
+    pub(crate) fn decoding_key(&self) -> &DecodingKey {
+        &self.key
+    }
+}
+
+impl fmt::Debug for VerificationKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("VerificationKey")
+            .field("kid", &self.kid)
+            .field("alg", &self.alg)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why no key was found for a token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum KeyLookupError {
+    /// No key with that `kid` (or, without `kid`, not exactly one key for the algorithm).
+    NotFound,
+    /// A key with that `kid` exists but is bound to another algorithm.
+    AlgorithmMismatch,
+}
+
+/// An immutable set of verification keys.
+#[derive(Debug, Clone, Default)]
+pub struct KeySet {
+    keys: Vec<VerificationKey>,
+}
+
+impl KeySet {
+    /// A set of keys.
+    pub fn new(keys: Vec<VerificationKey>) -> Self {
+        Self { keys }
+    }
+
+    /// Parses a JWK Set document. Keys that cannot verify signatures here (`use` other than
+    /// `sig`, `key_ops` without `verify`, private or symmetric keys, weak RSA, unknown types,
+    /// curve and `alg` disagreeing) are skipped; the document itself must be well-formed.
+    pub fn from_jwks_json(json: &[u8]) -> Result<Self, KeyError> {
+        #[derive(Deserialize)]
+        struct Document {
+            keys: Vec<serde_json::Value>,
+        }
+        let doc: Document = serde_json::from_slice(json).map_err(|_| KeyError::InvalidJwkSet)?;
+        let mut keys = Vec::with_capacity(doc.keys.len());
+        for value in doc.keys {
+            let Ok(jwk) = serde_json::from_value::<Jwk>(value) else {
+                continue;
+            };
+            match jwk.into_key() {
+                Ok(key) => keys.push(key),
+                Err(err) => tracing::debug!(
+                    target: "tower_mcp_auth::keys",
+                    error = %err,
+                    "skipping a JWK that cannot verify signatures"
+                ),
+            }
+        }
+        Ok(Self { keys })
+    }
+
+    /// The keys.
+    pub fn keys(&self) -> &[VerificationKey] {
+        &self.keys
+    }
+
+    /// Whether the set is empty.
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    /// The key for a token header. With a `kid`, the first key with that id and this algorithm
+    /// (deterministic for duplicate ids); without one, the only key for this algorithm.
+    pub(crate) fn find(
+        &self,
+        kid: Option<&str>,
+        alg: SigningAlgorithm,
+    ) -> Result<&VerificationKey, KeyLookupError> {
+        match kid {
+            Some(kid) => {
+                let mut same_kid = self.keys.iter().filter(|k| k.kid() == Some(kid)).peekable();
+                if same_kid.peek().is_none() {
+                    return Err(KeyLookupError::NotFound);
+                }
+                same_kid
+                    .find(|k| k.alg == alg)
+                    .ok_or(KeyLookupError::AlgorithmMismatch)
+            }
+            None => {
+                let mut candidates = self.keys.iter().filter(|k| k.alg == alg);
+                match (candidates.next(), candidates.next()) {
+                    (Some(key), None) => Ok(key),
+                    _ => Err(KeyLookupError::NotFound),
+                }
+            }
+        }
+    }
+}
+
+/// The members of a JWK this crate reads. Unknown members are ignored, except private ones.
+#[derive(Deserialize)]
+struct Jwk {
+    kty: String,
+    #[serde(default)]
+    kid: Option<String>,
+    #[serde(default)]
+    alg: Option<String>,
+    #[serde(default, rename = "use")]
+    use_: Option<String>,
+    #[serde(default)]
+    key_ops: Option<Vec<String>>,
+    #[serde(default)]
+    crv: Option<String>,
+    #[serde(default)]
+    x: Option<String>,
+    #[serde(default)]
+    y: Option<String>,
+    #[serde(default)]
+    n: Option<String>,
+    #[serde(default)]
+    e: Option<String>,
+    // Private members: present means refuse.
+    #[serde(default)]
+    d: Option<serde::de::IgnoredAny>,
+    #[serde(default)]
+    p: Option<serde::de::IgnoredAny>,
+    #[serde(default)]
+    k: Option<serde::de::IgnoredAny>,
+}
+
+fn invalid(reason: &'static str) -> KeyError {
+    KeyError::InvalidJwk { reason }
+}
+
+fn b64(field: &Option<String>, name: &'static str) -> Result<Vec<u8>, KeyError> {
+    let value = field
+        .as_deref()
+        .ok_or(KeyError::InvalidJwk { reason: name })?;
+    URL_SAFE_NO_PAD
+        .decode(value)
+        .map_err(|_| invalid("a key member is not base64url without padding"))
+}
+
+impl Jwk {
+    fn into_key(self) -> Result<VerificationKey, KeyError> {
+        if self.d.is_some() || self.p.is_some() {
+            return Err(invalid("private key material is not accepted"));
+        }
+        if self.kty == "oct" || self.k.is_some() {
+            return Err(invalid(
+                "symmetric JWKs are not accepted; use a shared secret",
+            ));
+        }
+        if let Some(use_) = &self.use_
+            && use_ != "sig"
+        {
+            return Err(invalid("`use` is not `sig`"));
+        }
+        if let Some(ops) = &self.key_ops
+            && !ops.iter().any(|op| op == "verify")
+        {
+            return Err(invalid("`key_ops` does not include `verify`"));
+        }
+        if let Some(kid) = &self.kid
+            && kid.len() > MAX_KID_LEN
+        {
+            return Err(invalid("`kid` is too long"));
+        }
+        let declared = match &self.alg {
+            Some(alg) => Some(
+                SigningAlgorithm::from_alg(alg)
+                    .filter(|a| !a.is_symmetric())
+                    .ok_or(invalid("unsupported `alg`"))?,
+            ),
+            None => None,
+        };
+        let (key, alg) = match (self.kty.as_str(), self.crv.as_deref()) {
+            ("RSA", _) => {
+                let n = b64(&self.n, "missing `n`")?;
+                let e = b64(&self.e, "missing `e`")?;
+                if n.first() == Some(&0) || e.first() == Some(&0) || e.is_empty() {
+                    return Err(invalid("RSA members are not minimal big-endian integers"));
+                }
+                if n.len() * 8 < MIN_RSA_BITS {
+                    return Err(invalid("RSA modulus shorter than 2048 bits"));
+                }
+                // Without `alg`, an RSA key is bound to RS256 (the JOSE default), never to the
+                // whole RSA family.
+                let alg = declared.unwrap_or(SigningAlgorithm::RS256);
+                (DecodingKey::from_rsa_raw_components(&n, &e), alg)
+            }
+            ("EC", Some(crv @ ("P-256" | "P-384"))) => {
+                let (alg, len) = if crv == "P-256" {
+                    (SigningAlgorithm::ES256, 32)
+                } else {
+                    (SigningAlgorithm::ES384, 48)
+                };
+                let x = b64(&self.x, "missing `x`")?;
+                let y = b64(&self.y, "missing `y`")?;
+                if x.len() != len || y.len() != len {
+                    return Err(invalid("EC coordinates do not have the curve's length"));
+                }
+                let mut point = Vec::with_capacity(1 + 2 * len);
+                point.push(0x04);
+                point.extend_from_slice(&x);
+                point.extend_from_slice(&y);
+                (DecodingKey::from_ec_der(&point), alg)
+            }
+            ("OKP", Some("Ed25519")) => {
+                let x = b64(&self.x, "missing `x`")?;
+                if x.len() != 32 {
+                    return Err(invalid("Ed25519 key is not 32 bytes"));
+                }
+                (DecodingKey::from_ed_der(&x), SigningAlgorithm::EdDSA)
+            }
+            _ => return Err(invalid("unsupported key type or curve")),
+        };
+        if let Some(declared) = declared
+            && declared.family() != alg.family()
+        {
+            return Err(invalid("`alg` does not match the key type and curve"));
+        }
+        let alg = declared.unwrap_or(alg);
+        Ok(VerificationKey {
+            kid: self.kid.map(Arc::from),
+            alg,
+            key,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const P256_X: &str = "f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU";
+    const P256_Y: &str = "x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0";
+
+    fn ec(extra: &str) -> String {
+        format!(r#"{{"kty":"EC","crv":"P-256","x":"{P256_X}","y":"{P256_Y}"{extra}}}"#)
+    }
+
+    #[test]
+    fn ec_key_binds_to_es256() {
+        let key = VerificationKey::from_jwk_json(&ec(r#","kid":"k1""#)).unwrap();
+        assert_eq!(key.algorithm(), SigningAlgorithm::ES256);
+        assert_eq!(key.kid(), Some("k1"));
+    }
+
+    #[test]
+    fn refused_jwks() {
+        for (extra, why) in [
+            (r#","d":"AAAA""#, "private"),
+            (r#","use":"enc""#, "enc"),
+            (r#","key_ops":["sign"]"#, "ops"),
+            (r#","alg":"ES384""#, "curve/alg"),
+            (r#","alg":"RS256""#, "family"),
+            (r#","alg":"HS256""#, "hmac"),
+            (r#","alg":"none""#, "none"),
+        ] {
+            assert!(VerificationKey::from_jwk_json(&ec(extra)).is_err(), "{why}");
+        }
+        assert!(VerificationKey::from_jwk_json(r#"{"kty":"oct","k":"c2VjcmV0"}"#).is_err());
+        let short_x = format!(r#"{{"kty":"EC","crv":"P-256","x":"AAAA","y":"{P256_Y}"}}"#);
+        assert!(VerificationKey::from_jwk_json(&short_x).is_err());
+        let small_rsa = r#"{"kty":"RSA","n":"AQAB","e":"AQAB"}"#;
+        assert!(VerificationKey::from_jwk_json(small_rsa).is_err());
+    }
+
+    #[test]
+    fn jwks_skips_unusable_keys_and_looks_up_deterministically() {
+        let doc = format!(
+            r#"{{"keys":[{},{},{},{{"kty":"oct","k":"AAAA"}},"junk"]}}"#,
+            ec(r#","kid":"a""#),
+            ec(r#","kid":"a","use":"enc""#),
+            ec(r#","kid":"b""#)
+        );
+        let set = KeySet::from_jwks_json(doc.as_bytes()).unwrap();
+        assert_eq!(set.keys().len(), 2);
+        assert!(set.find(Some("a"), SigningAlgorithm::ES256).is_ok());
+        assert_eq!(
+            set.find(Some("a"), SigningAlgorithm::RS256).unwrap_err(),
+            KeyLookupError::AlgorithmMismatch
+        );
+        assert_eq!(
+            set.find(Some("zz"), SigningAlgorithm::ES256).unwrap_err(),
+            KeyLookupError::NotFound
+        );
+        // Two ES256 keys and no kid: ambiguous.
+        assert!(set.find(None, SigningAlgorithm::ES256).is_err());
+        assert!(KeySet::from_jwks_json(b"{\"keys\":{}}").is_err());
+    }
+
+    #[test]
+    fn secrets_must_be_hmac_and_long() {
+        assert!(VerificationKey::shared_secret(SigningAlgorithm::HS256, &[7; 32]).is_ok());
+        assert!(VerificationKey::shared_secret(SigningAlgorithm::HS256, &[7; 31]).is_err());
+        assert!(VerificationKey::shared_secret(SigningAlgorithm::ES256, &[7; 32]).is_err());
+    }
+}

@@ -1,0 +1,276 @@
+//! [`RemoteJwks`]: a JWK Set fetched from the issuer's `jwks_uri`.
+
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use url::Url;
+
+use super::{KeyError, KeySet, KeySource, RefreshReason};
+use crate::http_client::HttpClient;
+
+/// Refresh policy for a [`RemoteJwks`].
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct RemoteJwksOptions {
+    /// How long a fetched set is used when the response has no `Cache-Control: max-age`.
+    pub default_ttl: Duration,
+    /// Lower bound applied to `max-age`.
+    pub min_ttl: Duration,
+    /// Upper bound applied to `max-age`.
+    pub max_ttl: Duration,
+    /// At most one fetch per this interval, whatever the reason (unknown `kid` floods, failures).
+    pub cooldown: Duration,
+    /// How long past its expiry a set is still used while fetches fail.
+    pub max_stale: Duration,
+    /// Bound on one fetch, on top of the client's own timeout.
+    pub fetch_timeout: Duration,
+}
+
+impl Default for RemoteJwksOptions {
+    fn default() -> Self {
+        Self {
+            default_ttl: Duration::from_secs(300),
+            min_ttl: Duration::from_secs(60),
+            max_ttl: Duration::from_secs(24 * 3600),
+            cooldown: Duration::from_secs(30),
+            max_stale: Duration::from_secs(3600),
+            fetch_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct State {
+    set: Option<Arc<KeySet>>,
+    expires_at: Option<Instant>,
+    last_attempt: Option<Instant>,
+}
+
+/// A JWK Set fetched over HTTP, cached for its TTL, refreshed on expiry and on an unknown `kid`
+/// at most once per cooldown, with concurrent refreshes merged into one fetch. When a fetch fails
+/// the last good set keeps serving until `max_stale`.
+#[derive(Debug)]
+pub struct RemoteJwks {
+    url: Url,
+    client: Arc<dyn HttpClient>,
+    options: RemoteJwksOptions,
+    state: RwLock<State>,
+    single_flight: tokio::sync::Mutex<()>,
+}
+
+impl RemoteJwks {
+    /// A key set at `url`, fetched with `client`.
+    pub fn new(url: Url, client: Arc<dyn HttpClient>) -> Self {
+        Self::with_options(url, client, RemoteJwksOptions::default())
+    }
+
+    /// With a custom refresh policy.
+    pub fn with_options(url: Url, client: Arc<dyn HttpClient>, options: RemoteJwksOptions) -> Self {
+        Self {
+            url,
+            client,
+            options,
+            state: RwLock::new(State::default()),
+            single_flight: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// The URL keys are fetched from.
+    pub fn url(&self) -> &Url {
+        &self.url
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
+        self.state.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, State> {
+        self.state.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The cached set if it is still within `max_stale` of its expiry.
+    fn usable_stale(&self, now: Instant) -> Option<Arc<KeySet>> {
+        let state = self.read();
+        match (&state.set, state.expires_at) {
+            (Some(set), Some(exp)) if now <= exp + self.options.max_stale => Some(set.clone()),
+            _ => None,
+        }
+    }
+
+    async fn fetch(&self) -> Result<(KeySet, Duration), KeyError> {
+        let response = tokio::time::timeout(self.options.fetch_timeout, self.client.get(&self.url))
+            .await
+            .map_err(|_| KeyError::Unavailable("JWKS fetch timed out".into()))?
+            .map_err(|e| KeyError::Unavailable(format!("JWKS fetch failed: {e}")))?;
+        if !response.status.is_success() {
+            return Err(KeyError::Unavailable(format!(
+                "JWKS endpoint answered {}",
+                response.status.as_u16()
+            )));
+        }
+        let set = KeySet::from_jwks_json(&response.body)?;
+        if set.is_empty() {
+            return Err(KeyError::Unavailable("JWKS has no usable keys".into()));
+        }
+        let ttl = max_age(&response.headers)
+            .map(|age| age.clamp(self.options.min_ttl, self.options.max_ttl))
+            .unwrap_or(self.options.default_ttl);
+        Ok((set, ttl))
+    }
+}
+
+/// `Cache-Control: max-age=N` (ignoring `no-store`/`no-cache`, which the floor overrides).
+fn max_age(headers: &http::HeaderMap) -> Option<Duration> {
+    headers
+        .get_all(http::header::CACHE_CONTROL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .find_map(|directive| {
+            let (name, value) = directive.trim().split_once('=')?;
+            if !name.trim().eq_ignore_ascii_case("max-age") {
+                return None;
+            }
+            value.trim().trim_matches('"').parse::<u64>().ok()
+        })
+        .map(Duration::from_secs)
+}
+
+#[async_trait]
+impl KeySource for RemoteJwks {
+    fn current(&self) -> Option<Arc<KeySet>> {
+        let state = self.read();
+        match (&state.set, state.expires_at) {
+            (Some(set), Some(exp)) if Instant::now() < exp => Some(set.clone()),
+            _ => None,
+        }
+    }
+
+    async fn refresh(&self, reason: RefreshReason<'_>) -> Result<Arc<KeySet>, KeyError> {
+        let asked_at = Instant::now();
+        // Concurrent refreshes wait here for the one fetch in flight, then reuse its result.
+        let _flight = self.single_flight.lock().await;
+        let now = Instant::now();
+        {
+            let state = self.read();
+            if let Some(attempt) = state.last_attempt {
+                let fresh_enough = attempt >= asked_at;
+                let cooling = now < attempt + self.options.cooldown;
+                if fresh_enough || cooling {
+                    drop(state);
+                    return self.usable_stale(now).ok_or_else(|| {
+                        KeyError::Unavailable("JWKS unavailable (refresh cooling down)".into())
+                    });
+                }
+            }
+        }
+        self.write().last_attempt = Some(now);
+        match self.fetch().await {
+            Ok((set, ttl)) => {
+                let set = Arc::new(set);
+                let mut state = self.write();
+                state.set = Some(set.clone());
+                state.expires_at = Some(Instant::now() + ttl);
+                Ok(set)
+            }
+            Err(err) => {
+                tracing::warn!(
+                    target: "tower_mcp_auth::keys",
+                    url = %self.url,
+                    ?reason,
+                    error = %err,
+                    "JWKS refresh failed; keeping the last good keys if any"
+                );
+                self.usable_stale(Instant::now()).ok_or(err)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http_client::{HttpError, HttpResponse};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[derive(Debug)]
+    struct Mock {
+        calls: AtomicUsize,
+        body: std::sync::Mutex<Result<&'static str, ()>>,
+    }
+
+    #[async_trait]
+    impl HttpClient for Mock {
+        async fn get(&self, _url: &Url) -> Result<HttpResponse, HttpError> {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            match *self.body.lock().unwrap() {
+                Ok(body) => {
+                    let mut headers = http::HeaderMap::new();
+                    headers.insert("cache-control", "public, max-age=5".parse().unwrap());
+                    Ok(HttpResponse {
+                        status: http::StatusCode::OK,
+                        headers,
+                        body: body.into(),
+                    })
+                }
+                Err(()) => Err(HttpError::Transport("down".into())),
+            }
+        }
+    }
+
+    const JWKS: &str = r#"{"keys":[{"kty":"EC","crv":"P-256","kid":"k1","x":"f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU","y":"x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"}]}"#;
+
+    fn source(body: Result<&'static str, ()>) -> (Arc<Mock>, Arc<RemoteJwks>) {
+        let mock = Arc::new(Mock {
+            calls: AtomicUsize::new(0),
+            body: std::sync::Mutex::new(body),
+        });
+        let jwks = RemoteJwks::new("https://as.example/jwks".parse().unwrap(), mock.clone());
+        (mock, Arc::new(jwks))
+    }
+
+    #[tokio::test]
+    async fn concurrent_unknown_kids_cause_one_fetch() {
+        let (mock, jwks) = source(Ok(JWKS));
+        let mut tasks = Vec::new();
+        for i in 0..50 {
+            let jwks = jwks.clone();
+            tasks.push(tokio::spawn(async move {
+                let kid = format!("random-{i}");
+                jwks.refresh(RefreshReason::UnknownKey { kid: Some(&kid) })
+                    .await
+                    .map(|set| set.keys().len())
+            }));
+        }
+        for task in tasks {
+            assert_eq!(task.await.unwrap().unwrap(), 1);
+        }
+        assert_eq!(mock.calls.load(Ordering::SeqCst), 1);
+        assert!(jwks.current().is_some());
+        // Still inside the cooldown: another unknown kid does not fetch.
+        jwks.refresh(RefreshReason::UnknownKey { kid: Some("x") })
+            .await
+            .unwrap();
+        assert_eq!(mock.calls.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn failure_without_cached_keys_is_unavailable() {
+        let (mock, jwks) = source(Err(()));
+        assert!(jwks.refresh(RefreshReason::Expired).await.is_err());
+        assert!(jwks.refresh(RefreshReason::Expired).await.is_err());
+        assert_eq!(mock.calls.load(Ordering::SeqCst), 1, "cooldown applies");
+        assert!(jwks.current().is_none());
+    }
+
+    #[test]
+    fn max_age_parsing() {
+        let mut h = http::HeaderMap::new();
+        h.insert("cache-control", "no-cache, Max-Age=120".parse().unwrap());
+        assert_eq!(max_age(&h), Some(Duration::from_secs(120)));
+        h.insert("cache-control", "max-age=abc".parse().unwrap());
+        assert_eq!(max_age(&h), None);
+    }
+}

@@ -1,0 +1,32 @@
+//! [`McpAuthLayer`]: the whole stack as one layer.
+
+use std::sync::Arc;
+
+use tower_layer::Layer;
+
+use super::service::McpAuthService;
+use crate::metadata::MetadataService;
+use crate::token::TokenLayer;
+
+/// Wraps an MCP service (or a whole router) in the authentication stack, in the one correct
+/// order, and answers the protected resource metadata paths. Get it from
+/// [`McpAuth::layer`](crate::McpAuth::layer).
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct McpAuthLayer {
+    pub(crate) token: TokenLayer,
+    pub(crate) metadata: MetadataService,
+    pub(crate) metadata_paths: Arc<[String; 2]>,
+}
+
+impl<S> Layer<S> for McpAuthLayer {
+    type Service = McpAuthService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        McpAuthService {
+            inner: self.token.layer(inner),
+            metadata: self.metadata.clone(),
+            metadata_paths: self.metadata_paths.clone(),
+        }
+    }
+}

