@@ -18,13 +18,15 @@
 //!   --issuer URL         trusted issuer; without it an embedded development issuer signs
 //!                        tokens and ready-to-use tokens are printed
 //!   --jwks-uri URL       the issuer's JWK Set
-//!   --config FILE        a TOML McpAuthConfig (resource, issuers, scopes, token rules)
+//!   --config FILE        a TOML McpAuthConfig (resource, issuers, token rules, [policy])
+//!   --sessions           rmcp's stateful mode (Mcp-Session-Id, SSE responses), sessions
+//!                        bound to the principal that created them
 //!   --dpop off|allowed|required, --introspection-endpoint URL, --client-id ID,
 //!   --client-secret S, --audit-log FILE: not yet supported (the command fails)
 //! ```
 //!
-//! The scope checks inside the tools are the example's own; the crate's policy layer will
-//! enforce them before the tools run.
+//! The scope map is enforced by the policy layer before any handler runs (`--config` may
+//! replace it with a TOML `[policy]` section).
 
 use std::{
     net::SocketAddr,
@@ -52,55 +54,41 @@ use rmcp::{
     service::RequestContext,
     tool, tool_handler, tool_router,
     transport::streamable_http_server::{
-        StreamableHttpServerConfig, StreamableHttpService, session::never::NeverSessionManager,
+        StreamableHttpServerConfig, StreamableHttpService, session::local::LocalSessionManager,
+        session::never::NeverSessionManager,
     },
 };
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+use tower_mcp_auth::policy::ToolScopes;
 use tower_mcp_auth::testing::DevIssuer;
 use tower_mcp_auth::{IssuerConfig, McpAuth, McpAuthConfig, Principal};
 
 // ---------------------------------------------------------------------------
-// Authorization helpers shared by tools, resources and prompts.
+// The scope map. The policy layer enforces it before any handler runs: a caller
+// without the scope gets 403 `insufficient_scope` naming it, and `tools/list`
+// shows only the tools the caller may call. Handlers need no checks of their own.
 // ---------------------------------------------------------------------------
 
-const READ: &str = "notes:read";
-const WRITE: &str = "notes:write";
-const ADMIN: &str = "notes:admin";
+/// The scope map, with the hierarchy admin ⊃ write ⊃ read.
+fn notes_scopes() -> ToolScopes {
+    ToolScopes::new()
+        .tool("whoami", Vec::<String>::new())
+        .tool("list_notes", ["notes:read"])
+        .tool("add_note", ["notes:write"])
+        .tool("delete_note", ["notes:admin"])
+        .prompt("summarize_notes", ["notes:read"])
+        .resource("notes://all", ["notes:read"])
+        .implies("notes:admin", ["notes:write"])
+        .implies("notes:write", ["notes:read"])
+}
 
-/// The authenticated caller, or a message explaining why there is none.
+/// The caller, as established by the token layer.
 fn identity(parts: &Parts) -> Result<&Principal, String> {
     parts
         .extensions
         .get::<Principal>()
         .ok_or_else(|| "unauthenticated: no principal on this request".to_owned())
-}
-
-/// The authenticated caller, provided they were granted `scope`.
-///
-/// The error is a human-readable message. Tools return it as a tool error
-/// (`isError: true`, visible to the model); resources and prompts turn it
-/// into a JSON-RPC error with [`access_denied`].
-fn require_scope<'a>(parts: &'a Parts, scope: &str) -> Result<&'a Principal, String> {
-    let identity = identity(parts)?;
-    if identity.has_scope(scope) {
-        Ok(identity)
-    } else {
-        Err(format!("forbidden: missing scope `{scope}`"))
-    }
-}
-
-/// JSON-RPC error for resource and prompt requests that fail [`require_scope`].
-fn access_denied(message: String) -> ErrorData {
-    ErrorData::invalid_request(message, None)
-}
-
-/// The HTTP request parts rmcp attaches to every request it receives over HTTP.
-fn http_parts(context: &RequestContext<RoleServer>) -> Result<&Parts, ErrorData> {
-    context
-        .extensions
-        .get::<Parts>()
-        .ok_or_else(|| ErrorData::internal_error("request did not arrive over HTTP", None))
 }
 
 // ---------------------------------------------------------------------------
@@ -176,10 +164,6 @@ impl NotesServer {
     }
 }
 
-// Tools return `Result<String, String>`: rmcp turns `Err` into a tool result
-// with `isError: true`, so `?` on `require_scope` reports a missing scope to
-// the model instead of failing the JSON-RPC request.
-//
 // `Extension<Parts>` is rmcp's extractor for the HTTP request parts; it fails
 // the request with `invalid_params` if the server is not running over HTTP.
 #[tool_router]
@@ -204,18 +188,15 @@ impl NotesServer {
     }
 
     #[tool(description = "List all notes as JSON. Requires scope notes:read.")]
-    async fn list_notes(&self, Extension(parts): Extension<Parts>) -> Result<String, String> {
-        require_scope(&parts, READ)?;
+    async fn list_notes(&self) -> Result<String, String> {
         Ok(self.store.all_as_json())
     }
 
     #[tool(description = "Add a note and return it as JSON. Requires scope notes:write.")]
     async fn add_note(
         &self,
-        Extension(parts): Extension<Parts>,
         Parameters(AddNoteArgs { text }): Parameters<AddNoteArgs>,
     ) -> Result<String, String> {
-        require_scope(&parts, WRITE)?;
         let note = self.store.add(text);
         Ok(serde_json::to_string_pretty(&note).expect("note serializes"))
     }
@@ -223,10 +204,8 @@ impl NotesServer {
     #[tool(description = "Delete a note by id. Requires scope notes:admin.")]
     async fn delete_note(
         &self,
-        Extension(parts): Extension<Parts>,
         Parameters(DeleteNoteArgs { id }): Parameters<DeleteNoteArgs>,
     ) -> Result<String, String> {
-        require_scope(&parts, ADMIN)?;
         if self.store.delete(id) {
             Ok(format!("deleted note {id}"))
         } else {
@@ -235,16 +214,10 @@ impl NotesServer {
     }
 }
 
-// Prompts take the same extractors as tools, but have no "error result":
-// a missing scope fails the request with a JSON-RPC error.
 #[prompt_router]
 impl NotesServer {
     #[prompt(description = "Ask the model to summarize all notes. Requires scope notes:read.")]
-    async fn summarize_notes(
-        &self,
-        Extension(parts): Extension<Parts>,
-    ) -> Result<GetPromptResult, ErrorData> {
-        require_scope(&parts, READ).map_err(access_denied)?;
+    async fn summarize_notes(&self) -> Result<GetPromptResult, ErrorData> {
         let text = format!(
             "Summarize the following notes in a few bullet points:\n\n{}",
             self.store.all_as_json()
@@ -257,7 +230,7 @@ impl NotesServer {
 }
 
 // Resources have no router macro, so `list_resources` and `read_resource`
-// are written by hand; they reach the HTTP parts through the request context.
+// are written by hand.
 #[tool_handler(router = self.tool_router)]
 #[prompt_handler(router = self.prompt_router)]
 impl ServerHandler for NotesServer {
@@ -292,7 +265,7 @@ impl ServerHandler for NotesServer {
     async fn read_resource(
         &self,
         request: ReadResourceRequestParams,
-        context: RequestContext<RoleServer>,
+        _context: RequestContext<RoleServer>,
     ) -> Result<ReadResourceResponse, ErrorData> {
         if request.uri != ALL_NOTES_URI {
             return Err(ErrorData::resource_not_found(
@@ -300,7 +273,6 @@ impl ServerHandler for NotesServer {
                 None,
             ));
         }
-        require_scope(http_parts(&context)?, READ).map_err(access_denied)?;
         let contents = ResourceContents::text(self.store.all_as_json(), request.uri)
             .with_mime_type("application/json");
         Ok(ReadResourceResult::new(vec![contents]).into())
@@ -318,10 +290,11 @@ struct Args {
     issuer: Option<String>,
     jwks_uri: Option<String>,
     config: Option<String>,
+    sessions: bool,
 }
 
 const USAGE: &str = "usage: notes_server [--listen ADDR] [--resource URL] [--issuer URL \
-    --jwks-uri URL] [--config FILE]";
+    --jwks-uri URL] [--config FILE] [--sessions]";
 
 fn parse_args() -> Result<Args, String> {
     let mut args = Args::default();
@@ -334,6 +307,7 @@ fn parse_args() -> Result<Args, String> {
             "--issuer" => args.issuer = Some(value()?),
             "--jwks-uri" => args.jwks_uri = Some(value()?),
             "--config" => args.config = Some(value()?),
+            "--sessions" => args.sessions = true,
             "--dpop" => {
                 let mode = value()?;
                 if mode != "off" {
@@ -385,6 +359,7 @@ fn build_auth(args: &Args, resource: &str) -> Result<(McpAuth, Option<DevIssuer>
     }
     let builder = McpAuth::builder()
         .resource(resource)
+        .policy(notes_scopes())
         .resource_name("Notes (tower-mcp-auth example)")
         .scopes_supported(["notes:read"]);
     match (&args.issuer, &args.jwks_uri) {
@@ -445,6 +420,24 @@ curl -s {resource} -H "Authorization: Bearer $WRITE_TOKEN" -H 'Content-Type: app
     );
 }
 
+/// Serves `service` at `path`; axum refuses to nest at `/`, so a root endpoint is the fallback.
+fn mount<S>(path: &str, service: S) -> Router
+where
+    S: tower::Service<axum::extract::Request, Error = std::convert::Infallible>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Response: axum::response::IntoResponse,
+    S::Future: Send,
+{
+    if path.is_empty() {
+        Router::new().fallback_service(service)
+    } else {
+        Router::new().nest_service(path, service)
+    }
+}
+
 #[tokio::main]
 async fn main() {
     if let Err(err) = run().await {
@@ -466,28 +459,25 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let resource: Uri = resource_url.parse()?;
     let (auth, dev) = build_auth(&args, &resource_url)?;
 
-    // Stateless mode: no `Mcp-Session-Id`, every POST is handled on its own
-    // with that request's HTTP parts (and therefore that request's principal),
-    // and `json_response` makes plain request/response calls answer with
-    // `application/json` instead of an SSE stream.
+    // Default: stateless mode: no `Mcp-Session-Id`, every POST is handled on
+    // its own with that request's HTTP parts (and so that request's principal),
+    // and `json_response` answers plain calls with `application/json`.
+    // `--sessions`: rmcp's stateful mode (session ids, SSE responses); the
+    // policy layer binds each session id to the principal that created it.
     let config = StreamableHttpServerConfig::default()
-        .with_legacy_session_mode(false)
-        .with_json_response(true)
+        .with_legacy_session_mode(args.sessions)
+        .with_json_response(!args.sessions)
         .with_allowed_hosts(allowed_hosts(addr, &resource));
 
     let store = NotesStore::default();
-    let mcp = StreamableHttpService::new(
-        move || Ok(NotesServer::new(store.clone())),
-        Arc::new(NeverSessionManager::default()),
-        config,
-    );
-
-    // axum refuses to nest at `/`; a root endpoint becomes the fallback.
+    let factory = move || Ok(NotesServer::new(store.clone()));
     let path = resource.path().trim_end_matches('/');
-    let app = if path.is_empty() {
-        Router::new().fallback_service(mcp)
+    let app = if args.sessions {
+        let sessions = Arc::new(LocalSessionManager::default());
+        mount(path, StreamableHttpService::new(factory, sessions, config))
     } else {
-        Router::new().nest_service(path, mcp)
+        let sessions = Arc::new(NeverSessionManager::default());
+        mount(path, StreamableHttpService::new(factory, sessions, config))
     };
     // One layer: serves the RFC 9728 metadata and authenticates everything else.
     let app = app.layer(auth.layer());

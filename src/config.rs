@@ -27,6 +27,7 @@ use serde::{Deserialize, Serialize};
 use url::Url;
 
 use crate::keys::{KeyError, SigningAlgorithm};
+use crate::policy::PolicyConfig;
 use crate::token::RequiredClaims;
 
 /// Everything [`McpAuth`](crate::McpAuth) needs, in one serde-friendly struct.
@@ -58,6 +59,9 @@ pub struct McpAuthConfig {
     /// Token validation rules.
     #[serde(default)]
     pub token: TokenRules,
+    /// The scope map and policy layer settings.
+    #[serde(default)]
+    pub policy: PolicyConfig,
 }
 
 impl McpAuthConfig {
@@ -72,6 +76,7 @@ impl McpAuthConfig {
             resource_name: None,
             resource_documentation: None,
             token: TokenRules::default(),
+            policy: PolicyConfig::default(),
         }
     }
 

@@ -73,6 +73,21 @@ pub enum AuthErrorKind {
     AccessDenied,
     /// The keys needed to verify the token cannot be obtained right now. 503 with `Retry-After`.
     KeysUnavailable,
+    /// No verified principal reached the policy layer (a missing or misordered token layer).
+    NoPrincipal,
+    /// The JSON-RPC body cannot be read unambiguously (not UTF-8, a BOM, not JSON, a duplicate
+    /// member, too deep, not an object, no `jsonrpc: "2.0"`). 400.
+    MalformedMessage,
+    /// The request body is not `application/json`, or has a `Content-Encoding`. 400.
+    UnsupportedContent,
+    /// The request body exceeds the configured limit. 413.
+    BodyTooLarge,
+    /// `Mcp-Method` / `Mcp-Name` headers disagree with the body. 400.
+    HeaderMismatch,
+    /// A JSON-RPC batch was sent and batches are refused by configuration. 400.
+    BatchRefused,
+    /// The `Mcp-Session-Id` belongs to another principal. 404.
+    SessionNotOwned,
 }
 
 impl AuthErrorKind {
@@ -105,6 +120,13 @@ impl AuthErrorKind {
             Self::InsufficientScope => "insufficient_scope",
             Self::AccessDenied => "access_denied",
             Self::KeysUnavailable => "keys_unavailable",
+            Self::NoPrincipal => "no_principal",
+            Self::MalformedMessage => "malformed_message",
+            Self::UnsupportedContent => "unsupported_content",
+            Self::BodyTooLarge => "body_too_large",
+            Self::HeaderMismatch => "header_mismatch",
+            Self::BatchRefused => "batch_refused",
+            Self::SessionNotOwned => "session_not_owned",
         }
     }
 
@@ -116,6 +138,12 @@ impl AuthErrorKind {
             _ => match self {
                 Self::AccessDenied => StatusCode::FORBIDDEN,
                 Self::KeysUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+                Self::MalformedMessage
+                | Self::UnsupportedContent
+                | Self::HeaderMismatch
+                | Self::BatchRefused => StatusCode::BAD_REQUEST,
+                Self::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+                Self::SessionNotOwned => StatusCode::NOT_FOUND,
                 _ => StatusCode::UNAUTHORIZED,
             },
         }
@@ -125,7 +153,16 @@ impl AuthErrorKind {
     /// §3.1) or none applies (a policy denial, an outage).
     pub const fn error_code(self) -> Option<ErrorCode> {
         match self {
-            Self::MissingCredentials | Self::AccessDenied | Self::KeysUnavailable => None,
+            Self::MissingCredentials
+            | Self::AccessDenied
+            | Self::KeysUnavailable
+            | Self::NoPrincipal
+            | Self::MalformedMessage
+            | Self::UnsupportedContent
+            | Self::BodyTooLarge
+            | Self::HeaderMismatch
+            | Self::BatchRefused
+            | Self::SessionNotOwned => None,
             Self::MultipleCredentials
             | Self::MalformedAuthorization
             | Self::TokenInQuery
@@ -166,6 +203,23 @@ impl AuthErrorKind {
             Self::InsufficientScope => "the token lacks a scope this operation requires",
             Self::AccessDenied => "the operation is not permitted for this caller",
             Self::KeysUnavailable => "token verification is temporarily unavailable",
+            Self::NoPrincipal => "authentication required",
+            Self::MalformedMessage => "the JSON-RPC message cannot be read unambiguously",
+            Self::UnsupportedContent => "the body must be uncompressed application/json",
+            Self::BodyTooLarge => "the request body is too large",
+            Self::HeaderMismatch => "Mcp-Method or Mcp-Name disagrees with the body",
+            Self::BatchRefused => "JSON-RPC batches are not accepted",
+            Self::SessionNotOwned => "session not found",
+        }
+    }
+
+    /// Whether responses of this kind carry a `WWW-Authenticate` challenge: every 401 and 403,
+    /// and the 400s about credentials.
+    pub const fn has_challenge(self) -> bool {
+        match self.status().as_u16() {
+            401 | 403 => true,
+            400 => self.error_code().is_some(),
+            _ => false,
         }
     }
 }
@@ -276,7 +330,7 @@ impl AuthError {
     /// The `WWW-Authenticate` value for this error (the Bearer challenge), or `None` for statuses
     /// that carry no challenge (503).
     pub fn www_authenticate(&self, challenge: &ChallengeConfig) -> Option<String> {
-        if self.kind == AuthErrorKind::KeysUnavailable {
+        if !self.kind.has_challenge() {
             return None;
         }
         let mut out = String::with_capacity(160);
@@ -307,7 +361,17 @@ impl AuthError {
         }
         body.insert("error_description".into(), self.message().into());
         let body = serde_json::Value::Object(body);
-        let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
+        self.to_response_with_body(challenge, Bytes::from(body.to_string()))
+    }
+
+    /// Like [`to_response`](Self::to_response) with a caller-built JSON body (the policy layer
+    /// answers JSON-RPC requests with a JSON-RPC error).
+    pub fn to_response_with_body(
+        &self,
+        challenge: &ChallengeConfig,
+        body: Bytes,
+    ) -> Response<Full<Bytes>> {
+        let mut response = Response::new(Full::new(body));
         *response.status_mut() = self.status();
         let headers = response.headers_mut();
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));

@@ -61,6 +61,7 @@ pub mod error;
 pub mod http_client;
 pub mod keys;
 pub mod metadata;
+pub mod policy;
 mod principal;
 mod stack;
 #[cfg(feature = "testing")]

@@ -6,15 +6,17 @@ use tower_layer::Layer;
 
 use super::service::McpAuthService;
 use crate::metadata::MetadataService;
+use crate::policy::McpPolicyLayer;
 use crate::token::TokenLayer;
 
-/// Wraps an MCP service (or a whole router) in the authentication stack, in the one correct
-/// order, and answers the protected resource metadata paths. Get it from
+/// Wraps an MCP service (or a whole router) in the stack, in the one correct order (token, then
+/// policy), and answers the protected resource metadata paths. Get it from
 /// [`McpAuth::layer`](crate::McpAuth::layer).
 #[derive(Debug, Clone)]
 #[must_use]
 pub struct McpAuthLayer {
     pub(crate) token: TokenLayer,
+    pub(crate) policy: McpPolicyLayer,
     pub(crate) metadata: MetadataService,
     pub(crate) metadata_paths: Arc<[String; 2]>,
 }
@@ -24,7 +26,7 @@ impl<S> Layer<S> for McpAuthLayer {
 
     fn layer(&self, inner: S) -> Self::Service {
         McpAuthService {
-            inner: self.token.layer(inner),
+            inner: self.token.layer(self.policy.layer(inner)),
             metadata: self.metadata.clone(),
             metadata_paths: self.metadata_paths.clone(),
         }

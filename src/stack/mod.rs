@@ -17,6 +17,7 @@ use crate::keys::{
     AlgorithmSet, KeySet, KeySource, RemoteJwks, SigningAlgorithm, StaticKeys, VerificationKey,
 };
 use crate::metadata::{MetadataService, ProtectedResourceMetadata, metadata_url, well_known_paths};
+use crate::policy::{McpPolicyLayer, Policy, ToolScopes};
 use crate::token::{JwtVerifier, TokenLayer, TokenVerifier, TrustedIssuer};
 
 /// The assembled authentication stack for one MCP endpoint.
@@ -30,6 +31,7 @@ pub struct McpAuth {
     metadata_paths: Arc<[String; 2]>,
     verifier: JwtVerifier,
     token_layer: TokenLayer,
+    policy_layer: McpPolicyLayer,
 }
 
 impl McpAuth {
@@ -49,9 +51,15 @@ impl McpAuth {
     pub fn layer(&self) -> McpAuthLayer {
         McpAuthLayer {
             token: self.token_layer.clone(),
+            policy: self.policy_layer.clone(),
             metadata: MetadataService::new(&self.metadata),
             metadata_paths: self.metadata_paths.clone(),
         }
+    }
+
+    /// The policy layer alone, for custom compositions (place it inside the token layer).
+    pub fn policy_layer(&self) -> McpPolicyLayer {
+        self.policy_layer.clone()
     }
 
     /// The token layer alone, for custom compositions.
@@ -94,6 +102,7 @@ pub struct McpAuthBuilder {
     custom_issuers: Vec<(String, Arc<dyn KeySource>, AlgorithmSet)>,
     http_client: Option<Arc<dyn HttpClient>>,
     shape: Option<Arc<dyn ShapeRejection>>,
+    policy: Option<Arc<dyn Policy>>,
     allow_cors_preflight: bool,
 }
 
@@ -164,6 +173,20 @@ impl McpAuthBuilder {
     /// [`JwtVerifier::accept_untyped_tokens`].
     pub fn accept_untyped_tokens(mut self, accept: bool) -> Self {
         self.config_mut().token.accept_untyped_tokens = accept;
+        self
+    }
+
+    /// The policy deciding every JSON-RPC call. Default: a [`ToolScopes`] built from the
+    /// configuration's `[policy]` section, which denies every tool, prompt and resource it does
+    /// not name.
+    pub fn policy(mut self, policy: impl Policy) -> Self {
+        self.policy = Some(Arc::new(policy));
+        self
+    }
+
+    /// Replaces the `[policy]` section (scope map and policy layer settings).
+    pub fn policy_config(mut self, policy: crate::policy::PolicyConfig) -> Self {
+        self.config_mut().policy = policy;
         self
     }
 
@@ -256,6 +279,11 @@ impl McpAuthBuilder {
             resource_metadata: metadata_url(&resource).into(),
             scope: (!challenge_scope.is_empty()).then(|| challenge_scope.join(" ").into()),
         };
+        let policy: Arc<dyn Policy> = match self.policy.take() {
+            Some(policy) => policy,
+            None => Arc::new(ToolScopes::from_config(&config.policy)?),
+        };
+        let policy_layer = McpPolicyLayer::from_config(policy, challenge.clone(), &config.policy);
         let mut token_layer = TokenLayer::new(
             Arc::new(verifier.clone()) as Arc<dyn TokenVerifier>,
             challenge,
@@ -263,13 +291,7 @@ impl McpAuthBuilder {
         .max_authorization_len(rules.max_token_bytes + 16)
         .allow_cors_preflight(self.allow_cors_preflight);
         if let Some(shape) = self.shape.take() {
-            token_layer = TokenLayer {
-                config: {
-                    let mut c = (*token_layer.config).clone();
-                    c.shape = Some(shape);
-                    Arc::new(c)
-                },
-            };
+            token_layer = token_layer.shape_rejection_shared(shape);
         }
         Ok(McpAuth {
             metadata_paths: Arc::new(well_known_paths(&resource)),
@@ -277,6 +299,7 @@ impl McpAuthBuilder {
             metadata,
             verifier,
             token_layer,
+            policy_layer,
         })
     }
 

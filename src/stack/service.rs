@@ -12,12 +12,13 @@ use pin_project_lite::pin_project;
 use tower_service::Service;
 
 use crate::metadata::MetadataService;
+use crate::policy::McpPolicy;
 use crate::token::{ResponseBody, ResponseFuture, Token};
 
 /// The service built by [`McpAuthLayer`](super::McpAuthLayer).
 #[derive(Debug, Clone)]
 pub struct McpAuthService<S> {
-    pub(crate) inner: Token<S>,
+    pub(crate) inner: Token<McpPolicy<S>>,
     pub(crate) metadata: MetadataService,
     pub(crate) metadata_paths: Arc<[String; 2]>,
 }
@@ -25,22 +26,22 @@ pub struct McpAuthService<S> {
 impl<S> McpAuthService<S> {
     /// The inner service.
     pub fn get_ref(&self) -> &S {
-        self.inner.get_ref()
+        self.inner.get_ref().get_ref()
     }
 
     /// Unwraps the inner service.
     pub fn into_inner(self) -> S {
-        self.inner.into_inner()
+        self.inner.into_inner().into_inner()
     }
 }
 
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for McpAuthService<S>
 where
-    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone,
+    McpPolicy<S>: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone,
 {
     type Response = Response<ResponseBody<ResBody>>;
-    type Error = S::Error;
-    type Future = McpAuthFuture<S, ReqBody>;
+    type Error = <McpPolicy<S> as Service<Request<ReqBody>>>::Error;
+    type Future = McpAuthFuture<McpPolicy<S>, ReqBody>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)

@@ -62,8 +62,12 @@ impl TokenLayer {
     }
 
     /// Reshapes every rejection (for example its body) after it is built.
-    pub fn shape_rejection(mut self, shape: impl ShapeRejection) -> Self {
-        Arc::make_mut(&mut self.config).shape = Some(Arc::new(shape));
+    pub fn shape_rejection(self, shape: impl ShapeRejection) -> Self {
+        self.shape_rejection_shared(Arc::new(shape))
+    }
+
+    pub(crate) fn shape_rejection_shared(mut self, shape: Arc<dyn ShapeRejection>) -> Self {
+        Arc::make_mut(&mut self.config).shape = Some(shape);
         self
     }
 

@@ -1,0 +1,236 @@
+//! The [`Policy`] trait, its input [`PolicyRequest`], its output [`Decision`], and the
+//! combinators [`all`], [`any`] and [`not`].
+
+use std::borrow::Cow;
+use std::collections::BTreeSet;
+use std::fmt;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde::de::DeserializeOwned;
+use serde_json::value::RawValue;
+
+use super::classify::Operation;
+use crate::principal::Principal;
+
+/// What a [`Policy`] is asked about: one JSON-RPC operation by one caller.
+#[derive(Debug, Clone, Copy)]
+pub struct PolicyRequest<'a> {
+    pub(crate) principal: &'a Principal,
+    pub(crate) operation: &'a Operation<'a>,
+    pub(crate) parts: &'a http::request::Parts,
+}
+
+impl<'a> PolicyRequest<'a> {
+    /// A request for `operation` by `principal`, for tests and custom compositions.
+    pub fn new(
+        principal: &'a Principal,
+        operation: &'a Operation<'a>,
+        parts: &'a http::request::Parts,
+    ) -> Self {
+        Self {
+            principal,
+            operation,
+            parts,
+        }
+    }
+
+    /// The verified caller.
+    pub fn principal(&self) -> &'a Principal {
+        self.principal
+    }
+
+    /// The classified operation.
+    pub fn operation(&self) -> &'a Operation<'a> {
+        self.operation
+    }
+
+    /// The JSON-RPC method.
+    pub fn method(&self) -> &'a str {
+        self.operation.method()
+    }
+
+    /// The tool or prompt name, or resource URI.
+    pub fn target(&self) -> Option<&'a str> {
+        self.operation.target()
+    }
+
+    /// The raw `arguments` of a tool call or prompt, if any. Nothing is parsed until you ask.
+    pub fn arguments(&self) -> Option<&'a RawValue> {
+        self.operation.arguments()
+    }
+
+    /// The `arguments` deserialized into `T`; `None` when absent or not a `T`.
+    pub fn arguments_as<T: DeserializeOwned>(&self) -> Option<T> {
+        serde_json::from_str(self.arguments()?.get()).ok()
+    }
+
+    /// The `MCP-Protocol-Version` request header, if sent.
+    pub fn protocol_version(&self) -> Option<&'a str> {
+        self.parts
+            .headers
+            .get("mcp-protocol-version")
+            .and_then(|v| v.to_str().ok())
+    }
+
+    /// The HTTP request parts (method, URI, headers, extensions).
+    pub fn parts(&self) -> &'a http::request::Parts {
+        self.parts
+    }
+}
+
+/// A policy's answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Decision {
+    /// Go ahead.
+    Allow,
+    /// Refuse; no scope would help (403 without `scope`). The reason is recorded, never sent.
+    Deny {
+        /// Why, for logs and audit.
+        reason: Cow<'static, str>,
+    },
+    /// Refuse until the caller holds these scopes (403 `insufficient_scope` naming them).
+    NeedsScopes(BTreeSet<String>),
+}
+
+impl Decision {
+    /// A denial with a reason (recorded, never sent to the client).
+    pub fn deny(reason: impl Into<Cow<'static, str>>) -> Self {
+        Self::Deny {
+            reason: reason.into(),
+        }
+    }
+
+    /// A step-up: the operation needs these scopes.
+    pub fn needs_scopes<I, S>(scopes: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        Self::NeedsScopes(scopes.into_iter().map(Into::into).collect())
+    }
+
+    /// Whether this is [`Decision::Allow`].
+    pub fn is_allow(&self) -> bool {
+        matches!(self, Self::Allow)
+    }
+}
+
+/// Decides whether a caller may perform an operation. Called for every JSON-RPC message the
+/// policy layer forwards, and for every item of `tools/list`, `prompts/list` and
+/// `resources/list` results (as a `tools/call`, `prompts/get` or `resources/read` without
+/// arguments).
+///
+/// Closures `Fn(&PolicyRequest<'_>) -> Decision` are policies.
+#[async_trait]
+pub trait Policy: Send + Sync + 'static {
+    /// The decision for `request`.
+    async fn decide(&self, request: &PolicyRequest<'_>) -> Decision;
+}
+
+#[async_trait]
+impl<F> Policy for F
+where
+    F: Fn(&PolicyRequest<'_>) -> Decision + Send + Sync + 'static,
+{
+    async fn decide(&self, request: &PolicyRequest<'_>) -> Decision {
+        self(request)
+    }
+}
+
+#[async_trait]
+impl Policy for Arc<dyn Policy> {
+    async fn decide(&self, request: &PolicyRequest<'_>) -> Decision {
+        (**self).decide(request).await
+    }
+}
+
+/// Allows only if every policy allows. Denial wins over step-up; step-ups are merged.
+pub fn all(policies: Vec<Arc<dyn Policy>>) -> All {
+    All(policies)
+}
+
+/// Allows if any policy allows; otherwise the first step-up, otherwise a denial.
+pub fn any(policies: Vec<Arc<dyn Policy>>) -> Any {
+    Any(policies)
+}
+
+/// Allows what `policy` refuses, and denies what it allows.
+pub fn not(policy: Arc<dyn Policy>) -> Not {
+    Not(policy)
+}
+
+/// See [`all`].
+pub struct All(Vec<Arc<dyn Policy>>);
+/// See [`any`].
+pub struct Any(Vec<Arc<dyn Policy>>);
+/// See [`not`].
+pub struct Not(Arc<dyn Policy>);
+
+#[async_trait]
+impl Policy for All {
+    async fn decide(&self, request: &PolicyRequest<'_>) -> Decision {
+        let mut needed = BTreeSet::new();
+        for policy in &self.0 {
+            match policy.decide(request).await {
+                Decision::Allow => {}
+                Decision::NeedsScopes(scopes) => needed.extend(scopes),
+                deny @ Decision::Deny { .. } => return deny,
+            }
+        }
+        if needed.is_empty() {
+            Decision::Allow
+        } else {
+            Decision::NeedsScopes(needed)
+        }
+    }
+}
+
+#[async_trait]
+impl Policy for Any {
+    async fn decide(&self, request: &PolicyRequest<'_>) -> Decision {
+        let mut step_up = None;
+        for policy in &self.0 {
+            match policy.decide(request).await {
+                Decision::Allow => return Decision::Allow,
+                Decision::NeedsScopes(scopes) => {
+                    step_up.get_or_insert(scopes);
+                }
+                Decision::Deny { .. } => {}
+            }
+        }
+        match step_up {
+            Some(scopes) => Decision::NeedsScopes(scopes),
+            None => Decision::deny("no policy allowed the operation"),
+        }
+    }
+}
+
+#[async_trait]
+impl Policy for Not {
+    async fn decide(&self, request: &PolicyRequest<'_>) -> Decision {
+        match self.0.decide(request).await {
+            Decision::Allow => Decision::deny("negated policy allowed the operation"),
+            _ => Decision::Allow,
+        }
+    }
+}
+
+impl fmt::Debug for All {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "All({} policies)", self.0.len())
+    }
+}
+
+impl fmt::Debug for Any {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Any({} policies)", self.0.len())
+    }
+}
+
+impl fmt::Debug for Not {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Not(..)")
+    }
+}

@@ -1,0 +1,487 @@
+//! [`McpPolicy`]: the policy-checking service.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use base64::Engine as _;
+use bytes::Bytes;
+use http::header::{CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE};
+use http::{HeaderMap, Method, Request, Response};
+use http_body::Body;
+use http_body_util::{BodyExt, Full, Limited};
+use serde_json::value::RawValue;
+use tower_service::Service;
+
+use super::body::PolicyBody;
+use super::classify::{Classified, Operation, classify};
+use super::decide::{Decision, Policy, PolicyRequest};
+use super::layer::PolicyShared;
+use super::listing::{ListKind, ListRequests, ListingBody, ListingFilter};
+use super::session::{SessionKey, SessionOwner};
+use super::tool_scopes::{BatchMode, DenialStyle};
+use crate::error::{AuthError, AuthErrorKind};
+use crate::principal::Principal;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+const SESSION_HEADER: &str = "mcp-session-id";
+
+/// Authorizes each JSON-RPC message before calling `S`; built by
+/// [`McpPolicyLayer`](super::McpPolicyLayer).
+#[derive(Clone)]
+pub struct McpPolicy<S> {
+    inner: S,
+    shared: Arc<PolicyShared>,
+}
+
+impl<S> McpPolicy<S> {
+    pub(crate) fn new(inner: S, shared: Arc<PolicyShared>) -> Self {
+        Self { inner, shared }
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// Unwraps the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S: fmt::Debug> fmt::Debug for McpPolicy<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("McpPolicy")
+            .field("inner", &self.inner)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Response future of [`McpPolicy`]. Boxed: it reads the body and awaits the policy.
+pub struct ResponseFuture<B, E> {
+    inner: Pin<Box<dyn Future<Output = Result<Response<PolicyBody<B>>, E>> + Send>>,
+}
+
+impl<B, E> Future for ResponseFuture<B, E> {
+    type Output = Result<Response<PolicyBody<B>>, E>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.inner.as_mut().poll(cx)
+    }
+}
+
+impl<B, E> fmt::Debug for ResponseFuture<B, E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for McpPolicy<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
+    S::Future: Send,
+    S::Error: Send,
+    ReqBody: Body + From<Bytes> + Send + 'static,
+    ReqBody::Data: Send,
+    ReqBody::Error: Into<BoxError>,
+    ResBody: Body<Data = Bytes> + Send + 'static,
+    ResBody::Error: Into<BoxError>,
+{
+    type Response = Response<PolicyBody<ResBody>>;
+    type Error = S::Error;
+    type Future = ResponseFuture<ResBody, S::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
+        let clone = self.inner.clone();
+        let ready = std::mem::replace(&mut self.inner, clone);
+        ResponseFuture {
+            inner: Box::pin(authorize(self.shared.clone(), ready, req)),
+        }
+    }
+}
+
+/// What the request phase learned that the response phase needs.
+struct Plan {
+    lists: Vec<(String, ListKind)>,
+    initialize: bool,
+}
+
+/// The whole request: checks, then the inner call, then response handling.
+async fn authorize<S, ReqBody, ResBody>(
+    shared: Arc<PolicyShared>,
+    mut inner: S,
+    req: Request<ReqBody>,
+) -> Result<Response<PolicyBody<ResBody>>, S::Error>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    ReqBody: Body + From<Bytes>,
+    ReqBody::Error: Into<BoxError>,
+    ResBody: Body<Data = Bytes> + Send + 'static,
+    ResBody::Error: Into<BoxError>,
+{
+    let (parts, body) = req.into_parts();
+    // Fail closed when the token layer is missing or placed inside this one.
+    let Some(principal) = parts.extensions.get::<Principal>().cloned() else {
+        return Ok(shared.reject(AuthErrorKind::NoPrincipal.into(), None));
+    };
+    let session = match session_key(&parts.headers) {
+        Ok(session) => session,
+        Err(error) => return Ok(shared.reject(error, None)),
+    };
+    if let (Some(store), Some(key)) = (&shared.sessions, &session)
+        && let Some(owner) = store.owner(key).await
+        && owner != SessionOwner::of(&principal)
+    {
+        return Ok(shared.reject(AuthErrorKind::SessionNotOwned.into(), None));
+    }
+
+    if parts.method != Method::POST {
+        // GET (SSE stream) and DELETE (session end) name no operation: the token (and, for a
+        // bound session, ownership) is all they need.
+        let delete = parts.method == Method::DELETE;
+        let response = inner.call(Request::from_parts(parts, body)).await?;
+        if delete
+            && response.status().is_success()
+            && let (Some(store), Some(key)) = (&shared.sessions, &session)
+        {
+            store.remove(key).await;
+        }
+        return Ok(response.map(PolicyBody::inner));
+    }
+
+    if let Err(error) = check_content(&parts.headers) {
+        return Ok(shared.reject(error, None));
+    }
+    let bytes = match read_body(body, &parts.headers, shared.max_body).await {
+        Ok(bytes) => bytes,
+        Err(error) => return Ok(shared.reject(error, None)),
+    };
+    let plan = {
+        // Decide on exactly these bytes; they are what the server receives.
+        let classified = match classify(&bytes, shared.max_depth) {
+            Ok(classified) => classified,
+            Err(error) => return Ok(shared.reject(error, None)),
+        };
+        if let Err(error) = check_mirrored_headers(&parts.headers, &classified) {
+            return Ok(shared.reject(error, None));
+        }
+        if classified.batch && shared.batches == BatchMode::Refuse {
+            return Ok(shared.reject(AuthErrorKind::BatchRefused.into(), None));
+        }
+        match evaluate(&shared, &principal, &parts, &classified).await {
+            Ok(plan) => plan,
+            Err(response) => return Ok(response),
+        }
+    };
+
+    let filter = (shared.filter_listings && !plan.lists.is_empty()).then(|| PrincipalFilter {
+        policy: shared.policy.clone(),
+        principal: principal.clone(),
+        parts: parts.clone(),
+    });
+    let response = inner
+        .call(Request::from_parts(parts, ReqBody::from(bytes)))
+        .await?;
+
+    if plan.initialize
+        && response.status().is_success()
+        && let Some(store) = &shared.sessions
+        && let Some(id) = response
+            .headers()
+            .get(SESSION_HEADER)
+            .and_then(|v| v.to_str().ok())
+    {
+        store
+            .bind(SessionKey::of(id), SessionOwner::of(&principal))
+            .await;
+    }
+
+    match filter {
+        Some(filter) if response.status().is_success() => {
+            let event_stream = response
+                .headers()
+                .get(CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|ct| essence(ct).eq_ignore_ascii_case("text/event-stream"));
+            let max = shared.max_body;
+            Ok(response.map(|body| {
+                PolicyBody::listing(ListingBody::new(
+                    body,
+                    event_stream,
+                    ListRequests(plan.lists),
+                    Arc::new(filter),
+                    max,
+                ))
+            }))
+        }
+        _ => Ok(response.map(PolicyBody::inner)),
+    }
+}
+
+/// Asks the policy about every message; one refusal refuses the whole body.
+async fn evaluate<B>(
+    shared: &PolicyShared,
+    principal: &Principal,
+    parts: &http::request::Parts,
+    classified: &Classified<'_>,
+) -> Result<Plan, Response<PolicyBody<B>>> {
+    let mut plan = Plan {
+        lists: Vec::new(),
+        initialize: false,
+    };
+    let mut needed = BTreeSet::new();
+    let mut refused_id: Option<Option<&RawValue>> = None;
+    let mut refused_call = false;
+    for message in &classified.messages {
+        let kind = match message.operation {
+            Operation::ListTools => Some(ListKind::Tools),
+            Operation::ListPrompts => Some(ListKind::Prompts),
+            Operation::ListResources => Some(ListKind::Resources),
+            Operation::Initialize => {
+                plan.initialize = true;
+                None
+            }
+            _ => None,
+        };
+        if let (Some(kind), Some(id)) = (kind, message.id) {
+            plan.lists.push((compact(id), kind));
+        }
+        let request = PolicyRequest::new(principal, &message.operation, parts);
+        match shared.policy.decide(&request).await {
+            Decision::Allow => {}
+            Decision::NeedsScopes(scopes) => {
+                needed.extend(scopes);
+                refused_id.get_or_insert(message.id);
+                refused_call |= matches!(message.operation, Operation::CallTool { .. });
+            }
+            Decision::Deny { reason } => {
+                tracing::debug!(
+                    target: "tower_mcp_auth::policy",
+                    method = message.operation.method(),
+                    %reason,
+                    "operation denied"
+                );
+                let error = AuthError::new(AuthErrorKind::AccessDenied);
+                return Err(shared.reject(error, message.id));
+            }
+        }
+    }
+    let Some(id) = refused_id else {
+        return Ok(plan);
+    };
+    let scope = needed.into_iter().collect::<Vec<_>>().join(" ");
+    let error = AuthError::insufficient_scope(scope);
+    if shared.denial == DenialStyle::ToolResult && refused_call && !classified.batch {
+        return Err(shared.tool_result(&error, id));
+    }
+    Err(shared.reject(error, id))
+}
+
+/// `id` as compact JSON text (how list requests are matched in responses).
+fn compact(id: &RawValue) -> String {
+    serde_json::from_str::<serde_json::Value>(id.get())
+        .map(|v| v.to_string())
+        .unwrap_or_else(|_| id.get().to_owned())
+}
+
+impl PolicyShared {
+    /// A refusal: status and challenge from `error`, a JSON-RPC error body echoing `id`.
+    fn reject<B>(&self, error: AuthError, id: Option<&RawValue>) -> Response<PolicyBody<B>> {
+        tracing::debug!(
+            target: "tower_mcp_auth::policy",
+            reason = error.kind().as_str(),
+            status = error.status().as_u16(),
+            "request refused"
+        );
+        let code = match error.kind() {
+            AuthErrorKind::HeaderMismatch => -32020,
+            _ => -32600,
+        };
+        let mut err = serde_json::json!({ "code": code, "message": error.message() });
+        if let Some(scope) = error.required_scope() {
+            err["data"] = serde_json::json!({ "required_scope": scope });
+        }
+        let body = jsonrpc(id, "error", err);
+        error
+            .to_response_with_body(&self.challenge, body)
+            .map(PolicyBody::local)
+    }
+
+    /// The opt-in 200 tool result carrying the challenge in `_meta["mcp/www_authenticate"]`.
+    fn tool_result<B>(&self, error: &AuthError, id: Option<&RawValue>) -> Response<PolicyBody<B>> {
+        let challenge = error.www_authenticate(&self.challenge).unwrap_or_default();
+        let result = serde_json::json!({
+            "content": [{ "type": "text", "text": error.message() }],
+            "isError": true,
+            "_meta": { "mcp/www_authenticate": [challenge] },
+        });
+        let mut response = Response::new(Full::new(jsonrpc(id, "result", result)));
+        response.headers_mut().insert(
+            CONTENT_TYPE,
+            http::HeaderValue::from_static("application/json"),
+        );
+        response.extensions_mut().insert(error.clone());
+        response.map(PolicyBody::local)
+    }
+}
+
+fn jsonrpc(id: Option<&RawValue>, member: &str, value: serde_json::Value) -> Bytes {
+    let id = id.map_or("null", RawValue::get);
+    let value = value.to_string();
+    Bytes::from(format!(
+        r#"{{"jsonrpc":"2.0","id":{id},"{member}":{value}}}"#
+    ))
+}
+
+fn essence(content_type: &str) -> &str {
+    content_type.split(';').next().unwrap_or_default().trim()
+}
+
+/// The body must be uncompressed `application/json`.
+fn check_content(headers: &HeaderMap) -> Result<(), AuthError> {
+    let unsupported = || AuthError::new(AuthErrorKind::UnsupportedContent);
+    if headers.contains_key(CONTENT_ENCODING) {
+        return Err(unsupported());
+    }
+    let mut types = headers.get_all(CONTENT_TYPE).iter();
+    match (types.next(), types.next()) {
+        (Some(ct), None)
+            if ct
+                .to_str()
+                .is_ok_and(|ct| essence(ct).eq_ignore_ascii_case("application/json")) =>
+        {
+            Ok(())
+        }
+        _ => Err(unsupported()),
+    }
+}
+
+/// Reads the whole body, refusing more than `max` bytes (by `Content-Length` first).
+async fn read_body<B>(body: B, headers: &HeaderMap, max: usize) -> Result<Bytes, AuthError>
+where
+    B: Body,
+    B::Error: Into<BoxError>,
+{
+    let too_large = || AuthError::new(AuthErrorKind::BodyTooLarge);
+    if let Some(len) = headers.get(CONTENT_LENGTH) {
+        match len.to_str().ok().and_then(|s| s.parse::<u64>().ok()) {
+            Some(len) if len > max as u64 => return Err(too_large()),
+            Some(_) => {}
+            None => return Err(AuthError::new(AuthErrorKind::MalformedMessage)),
+        }
+    }
+    match Limited::new(body, max).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(error) if error.is::<http_body_util::LengthLimitError>() => Err(too_large()),
+        Err(_) => Err(AuthError::new(AuthErrorKind::MalformedMessage)),
+    }
+}
+
+/// The `Mcp-Session-Id`, if exactly one is sent.
+fn session_key(headers: &HeaderMap) -> Result<Option<SessionKey>, AuthError> {
+    let mut values = headers.get_all(SESSION_HEADER).iter();
+    match (values.next(), values.next()) {
+        (None, _) => Ok(None),
+        (Some(v), None) => {
+            Ok(Some(SessionKey::of(v.to_str().map_err(|_| {
+                AuthError::new(AuthErrorKind::MalformedMessage)
+            })?)))
+        }
+        _ => Err(AuthError::new(AuthErrorKind::MalformedMessage)),
+    }
+}
+
+/// A mirrored header value: plain visible ASCII, or the `=?base64?…?=` sentinel (SEP-2243).
+fn header_text(headers: &HeaderMap, name: &str) -> Result<Option<String>, AuthError> {
+    let mismatch = || AuthError::new(AuthErrorKind::HeaderMismatch);
+    let mut values = headers.get_all(name).iter();
+    let value = match (values.next(), values.next()) {
+        (None, _) => return Ok(None),
+        (Some(v), None) => v.to_str().map_err(|_| mismatch())?,
+        _ => return Err(mismatch()),
+    };
+    if let Some(encoded) = value
+        .strip_prefix("=?base64?")
+        .and_then(|v| v.strip_suffix("?="))
+    {
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(encoded)
+            .map_err(|_| mismatch())?;
+        return String::from_utf8(bytes).map(Some).map_err(|_| mismatch());
+    }
+    Ok(Some(value.to_owned()))
+}
+
+/// `Mcp-Method` and `Mcp-Name` (protocol 2026-07-28), when sent, must agree with the body.
+fn check_mirrored_headers(
+    headers: &HeaderMap,
+    classified: &Classified<'_>,
+) -> Result<(), AuthError> {
+    let method = header_text(headers, "mcp-method")?;
+    let name = header_text(headers, "mcp-name")?;
+    if method.is_none() && name.is_none() {
+        return Ok(());
+    }
+    let mismatch = Err(AuthError::new(AuthErrorKind::HeaderMismatch));
+    let [message] = classified.messages.as_slice() else {
+        return mismatch;
+    };
+    let op = &message.operation;
+    if let Some(method) = method
+        && (matches!(op, Operation::Response) || method != op.method())
+    {
+        return mismatch;
+    }
+    if let Some(name) = name {
+        let named = matches!(
+            op,
+            Operation::CallTool { .. }
+                | Operation::GetPrompt { .. }
+                | Operation::ReadResource { .. }
+        );
+        if !named || op.target() != Some(name.as_str()) {
+            return mismatch;
+        }
+    }
+    Ok(())
+}
+
+/// Decides listing visibility as the policy would decide a call of each item.
+struct PrincipalFilter {
+    policy: Arc<dyn Policy>,
+    principal: Principal,
+    parts: http::request::Parts,
+}
+
+impl ListingFilter for PrincipalFilter {
+    fn visible<'a>(
+        &'a self,
+        kind: ListKind,
+        item: &'a str,
+    ) -> Pin<Box<dyn Future<Output = bool> + Send + 'a>> {
+        Box::pin(async move {
+            let operation = match kind {
+                ListKind::Tools => Operation::CallTool {
+                    name: item.into(),
+                    arguments: None,
+                },
+                ListKind::Prompts => Operation::GetPrompt {
+                    name: item.into(),
+                    arguments: None,
+                },
+                ListKind::Resources => Operation::ReadResource { uri: item.into() },
+            };
+            let request = PolicyRequest::new(&self.principal, &operation, &self.parts);
+            self.policy.decide(&request).await.is_allow()
+        })
+    }
+}
