@@ -13,10 +13,11 @@
 //   /jwks                               public signing keys (ES256 + RS256, fresh per run)
 //   /token                              token endpoint (client_credentials)
 //
-// One confidential client: client_id `interop-client`, secret `interop-secret`,
-// grant_types [client_credentials], token_endpoint_auth_method client_secret_basic
-// (oidc-provider also accepts client_secret_post for a client registered with
-// client_secret_basic, and vice versa).
+// Two confidential clients: client_id `interop-client`, secret `interop-secret`, and
+// client_id `interop-client-2`, secret `interop-secret-2` (a second principal, e.g. for
+// session-binding tests); both grant_types [client_credentials],
+// token_endpoint_auth_method client_secret_basic (oidc-provider also accepts
+// client_secret_post for a client registered with client_secret_basic, and vice versa).
 //
 // Resource indicators (RFC 8707): any absolute http(s) URI on a loopback host
 // (127.0.0.1, localhost, [::1]) is accepted as `resource`. For it the AS issues an
@@ -38,6 +39,8 @@ import { exportJWK, generateKeyPair } from 'jose';
 
 export const CLIENT_ID = 'interop-client';
 export const CLIENT_SECRET = 'interop-secret';
+export const CLIENT_ID_2 = 'interop-client-2';
+export const CLIENT_SECRET_2 = 'interop-secret-2';
 export const RESOURCE_SCOPE = 'notes:read notes:write notes:admin';
 export const ACCESS_TOKEN_TTL = 600;
 
@@ -86,6 +89,14 @@ export async function buildConfiguration({ accessTokenAlg = 'ES256' } = {}) {
       {
         client_id: CLIENT_ID,
         client_secret: CLIENT_SECRET,
+        grant_types: ['client_credentials'],
+        response_types: [],
+        redirect_uris: [],
+        token_endpoint_auth_method: 'client_secret_basic',
+      },
+      {
+        client_id: CLIENT_ID_2,
+        client_secret: CLIENT_SECRET_2,
         grant_types: ['client_credentials'],
         response_types: [],
         redirect_uris: [],

@@ -1,10 +1,11 @@
-// Helpers for the interop tests (interop.test.mjs): child processes, tokens from the
+// Helpers for the interop tests (*.test.mjs): child processes, tokens from the
 // oidc-provider AS (as.mjs), a minimal MCP streamable-HTTP client, token tampering.
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { createPublicKey } from 'node:crypto';
-import { existsSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import * as net from 'node:net';
+import * as os from 'node:os';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -15,6 +16,9 @@ export const REPO = path.resolve(HERE, '..', '..');
 
 export const CLIENT_ID = 'interop-client';
 export const CLIENT_SECRET = 'interop-secret';
+/** A second confidential client (another principal), see as.mjs. */
+export const CLIENT_ID_2 = 'interop-client-2';
+export const CLIENT_SECRET_2 = 'interop-secret-2';
 export const OTHER_RESOURCE = 'http://127.0.0.1:1/other';
 export const PROTOCOL_VERSION = '2025-06-18';
 
@@ -182,7 +186,16 @@ export async function startAuthorizationServer(alg) {
   return { child, log, issuer: match[1] };
 }
 
-export async function startNotesServer(issuer) {
+/**
+ * Starts examples/notes_server on a free port, trusting `issuer` (keys from its /jwks).
+ *
+ * Options (all optional, for the policy tests):
+ *   args     extra command-line arguments, e.g. ['--sessions']
+ *   config   (resource, issuer) => TOML text: written to a temporary file and passed as
+ *            `--config FILE` instead of `--issuer`/`--jwks-uri` (the file must then name
+ *            the issuer itself); the file is removed when this process exits.
+ */
+export async function startNotesServer(issuer, { args: extraArgs = [], config } = {}) {
   const bin = notesServerBin();
   let lastErr;
   // The free port is picked, released and then handed to the server: retry if
@@ -191,11 +204,14 @@ export async function startNotesServer(issuer) {
     const port = await freePort();
     const resource = `http://127.0.0.1:${port}/mcp`;
     try {
+      const trust = config === undefined
+        ? ['--issuer', issuer, '--jwks-uri', `${issuer}/jwks`]
+        : ['--config', writeTempConfig(config(resource, issuer))];
       const { child, match, log } = await spawnUntil('notes_server', bin, [
         '--listen', `127.0.0.1:${port}`,
         '--resource', resource,
-        '--issuer', issuer,
-        '--jwks-uri', `${issuer}/jwks`,
+        ...trust,
+        ...extraArgs,
       ], { ready: /listening on http:\/\/(\[[0-9A-Fa-f:]+\]:\d+|[0-9A-Za-z.-]+:\d+)/ });
       const addr = match[1];
       assert.equal(addr.replace(/\/+$/, ''), `127.0.0.1:${port}`, `notes_server listens on ${addr}, expected port ${port}`);
@@ -209,6 +225,19 @@ export async function startNotesServer(issuer) {
     }
   }
   throw lastErr;
+}
+
+const tempDirs = [];
+process.once('exit', () => {
+  for (const dir of tempDirs) rmSync(dir, { recursive: true, force: true });
+});
+
+function writeTempConfig(text) {
+  const dir = mkdtempSync(path.join(os.tmpdir(), 'tower-mcp-auth-interop-'));
+  tempDirs.push(dir);
+  const file = path.join(dir, 'notes_server.toml');
+  writeFileSync(file, text);
+  return file;
 }
 
 // ---------------------------------------------------------------------------
@@ -227,16 +256,18 @@ export function decodeJwt(token) {
   return { header: b64u.json(parts[0]), payload: b64u.json(parts[1]), parts };
 }
 
-export async function getToken(issuer, { resource, scope, auth = 'basic' } = {}) {
+export async function getToken(issuer, {
+  resource, scope, auth = 'basic', clientId = CLIENT_ID, clientSecret = CLIENT_SECRET,
+} = {}) {
   const body = new URLSearchParams({ grant_type: 'client_credentials' });
   if (resource !== undefined) body.set('resource', resource);
   if (scope !== undefined) body.set('scope', scope);
   const headers = { 'content-type': 'application/x-www-form-urlencoded' };
   if (auth === 'basic') {
-    headers.authorization = `Basic ${Buffer.from(`${CLIENT_ID}:${CLIENT_SECRET}`).toString('base64')}`;
+    headers.authorization = `Basic ${Buffer.from(`${clientId}:${clientSecret}`).toString('base64')}`;
   } else {
-    body.set('client_id', CLIENT_ID);
-    body.set('client_secret', CLIENT_SECRET);
+    body.set('client_id', clientId);
+    body.set('client_secret', clientSecret);
   }
   const res = await fetch(`${issuer}/token`, {
     method: 'POST', headers, body, signal: AbortSignal.timeout(REQUEST_TIMEOUT_MS),
@@ -400,4 +431,149 @@ export async function withHs256FromPublicKey(token, issuer) {
   assert.ok(jwk, `kid ${header.kid} is in the JWKS`);
   const pem = createPublicKey({ key: jwk, format: 'jwk' }).export({ type: 'spki', format: 'pem' });
   return new SignJWT(payload).setProtectedHeader({ ...header, alg: 'HS256' }).sign(new TextEncoder().encode(pem));
+}
+
+// ---------------------------------------------------------------------------
+// WWW-Authenticate (RFC 9110 §11.6.1)
+
+/**
+ * Parses a WWW-Authenticate value into challenges: [{ scheme, params, token68 }], where
+ * `params` maps lower-cased auth-param names to their values (quoted-strings unescaped).
+ * Throws on anything that is not well-formed, and on a repeated parameter.
+ */
+export function parseWwwAuthenticate(value) {
+  const s = String(value);
+  let i = 0;
+  const TOKEN = /[!#$%&'*+.^_`|~0-9A-Za-z-]/;
+  const fail = (why) => {
+    throw new Error(`malformed WWW-Authenticate at ${i} (${why}): ${JSON.stringify(s)}`);
+  };
+  const ows = () => {
+    while (i < s.length && (s[i] === ' ' || s[i] === '\t')) i += 1;
+  };
+  const token = () => {
+    const start = i;
+    while (i < s.length && TOKEN.test(s[i])) i += 1;
+    return s.slice(start, i);
+  };
+  const quoted = () => {
+    if (s[i] !== '"') fail('expected "');
+    i += 1;
+    let out = '';
+    for (;;) {
+      if (i >= s.length) fail('unterminated quoted-string');
+      const c = s[i];
+      i += 1;
+      if (c === '"') return out;
+      if (c === '\\') {
+        if (i >= s.length) fail('dangling backslash');
+        out += s[i];
+        i += 1;
+      } else {
+        out += c;
+      }
+    }
+  };
+  const challenges = [];
+  for (;;) {
+    // empty list elements are allowed (RFC 9110 §5.6.1)
+    while (i < s.length && (s[i] === ',' || s[i] === ' ' || s[i] === '\t')) i += 1;
+    if (i >= s.length) break;
+    const scheme = token();
+    if (!scheme) fail('expected auth-scheme');
+    const challenge = { scheme, params: {}, token68: undefined };
+    challenges.push(challenge);
+    if (i >= s.length || s[i] === ',') continue;
+    if (s[i] !== ' ') fail('expected SP after auth-scheme');
+    ows();
+    // token68: only if nothing but OWS follows before the end or a comma
+    const t68 = /^[A-Za-z0-9\-._~+/]+=*/.exec(s.slice(i));
+    if (t68 && /^[ \t]*(,|$)/.test(s.slice(i + t68[0].length))) {
+      challenge.token68 = t68[0];
+      i += t68[0].length;
+      continue;
+    }
+    // 1#auth-param
+    for (;;) {
+      ows();
+      const save = i;
+      const name = token();
+      ows();
+      if (!name || s[i] !== '=') {
+        if (Object.keys(challenge.params).length === 0) fail('expected auth-param');
+        i = save; // the next challenge's scheme
+        break;
+      }
+      i += 1;
+      ows();
+      const val = s[i] === '"' ? quoted() : token();
+      if (s[i - 1] !== '"' && val === '') fail(`empty value for ${name}`);
+      const key = name.toLowerCase();
+      if (Object.hasOwn(challenge.params, key)) fail(`repeated parameter ${key}`);
+      challenge.params[key] = val;
+      ows();
+      if (i >= s.length) break;
+      if (s[i] !== ',') fail('expected , after an auth-param');
+      while (i < s.length && (s[i] === ',' || s[i] === ' ' || s[i] === '\t')) i += 1;
+      if (i >= s.length) break;
+    }
+  }
+  return challenges;
+}
+
+/** The single Bearer challenge of a response (asserts there is exactly one challenge). */
+export function bearerChallenge(value) {
+  assert.ok(value, 'a WWW-Authenticate header');
+  const challenges = parseWwwAuthenticate(value);
+  assert.equal(challenges.length, 1, `exactly one challenge in ${JSON.stringify(value)}`);
+  const [c] = challenges;
+  assert.equal(c.scheme.toLowerCase(), 'bearer', `Bearer scheme in ${JSON.stringify(value)}`);
+  assert.equal(c.token68, undefined, `no token68 in ${JSON.stringify(value)}`);
+  return c.params;
+}
+
+// ---------------------------------------------------------------------------
+// raw HTTP
+
+/**
+ * One HTTP request with a timeout; reads the whole body (an SSE body only up to its first
+ * event with data, then the stream is dropped). Returns status, headers, text and the parsed
+ * JSON (`json`: the body, or the data of that SSE event; undefined if it is not JSON).
+ */
+export async function httpRequest(url, { method = 'POST', headers = {}, body } = {}) {
+  const controller = new AbortController();
+  const timer = setTimeout(() => controller.abort(new Error(`timeout: ${method} ${url}`)), REQUEST_TIMEOUT_MS);
+  try {
+    const res = await fetch(url, {
+      method, headers, body, signal: controller.signal,
+    });
+    const type = (res.headers.get('content-type') || '').toLowerCase();
+    let text = '';
+    if (type.startsWith('text/event-stream') && res.body) {
+      const reader = res.body.getReader();
+      const decoder = new TextDecoder();
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        text += decoder.decode(value, { stream: true });
+        if (parseSse(text)[0].some((data) => data.trim())) break;
+      }
+      await reader.cancel().catch(() => {});
+    }
+    if (!type.startsWith('text/event-stream')) text = await res.text();
+    const payload = type.startsWith('text/event-stream')
+      ? (parseSse(text)[0].find((data) => data.trim()) ?? '')
+      : text;
+    let json;
+    try {
+      json = payload.trim() ? JSON.parse(payload) : undefined;
+    } catch {
+      json = undefined;
+    }
+    return {
+      status: res.status, headers: res.headers, wwwAuthenticate: res.headers.get('www-authenticate'), text, json,
+    };
+  } finally {
+    clearTimeout(timer);
+  }
 }
