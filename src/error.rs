@@ -88,6 +88,8 @@ pub enum AuthErrorKind {
     BatchRefused,
     /// The `Mcp-Session-Id` belongs to another principal. 404.
     SessionNotOwned,
+    /// The audit queue is full and the overflow policy refuses requests. 503.
+    AuditUnavailable,
 }
 
 impl AuthErrorKind {
@@ -127,6 +129,7 @@ impl AuthErrorKind {
             Self::HeaderMismatch => "header_mismatch",
             Self::BatchRefused => "batch_refused",
             Self::SessionNotOwned => "session_not_owned",
+            Self::AuditUnavailable => "audit_unavailable",
         }
     }
 
@@ -137,7 +140,7 @@ impl AuthErrorKind {
             Some(ErrorCode::InsufficientScope) => StatusCode::FORBIDDEN,
             _ => match self {
                 Self::AccessDenied => StatusCode::FORBIDDEN,
-                Self::KeysUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+                Self::KeysUnavailable | Self::AuditUnavailable => StatusCode::SERVICE_UNAVAILABLE,
                 Self::MalformedMessage
                 | Self::UnsupportedContent
                 | Self::HeaderMismatch
@@ -162,7 +165,8 @@ impl AuthErrorKind {
             | Self::BodyTooLarge
             | Self::HeaderMismatch
             | Self::BatchRefused
-            | Self::SessionNotOwned => None,
+            | Self::SessionNotOwned
+            | Self::AuditUnavailable => None,
             Self::MultipleCredentials
             | Self::MalformedAuthorization
             | Self::TokenInQuery
@@ -210,6 +214,7 @@ impl AuthErrorKind {
             Self::HeaderMismatch => "Mcp-Method or Mcp-Name disagrees with the body",
             Self::BatchRefused => "JSON-RPC batches are not accepted",
             Self::SessionNotOwned => "session not found",
+            Self::AuditUnavailable => "the audit log cannot accept more events right now",
         }
     }
 

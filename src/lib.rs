@@ -55,6 +55,7 @@
 #![warn(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]
 
+pub mod audit;
 pub mod config;
 mod crypto;
 pub mod error;

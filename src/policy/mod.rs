@@ -16,6 +16,43 @@
 //!
 //! [`ToolScopes`] is the built-in policy; write your own by implementing [`Policy`] (or with a
 //! closure), and combine policies with [`all`], [`any`] and [`not`].
+//!
+//! # Writing a policy
+//!
+//! A policy sees the caller, the operation and, lazily, its arguments. This one lets callers
+//! delete only their own notes, on top of the scope map:
+//!
+//! ```
+//! use std::sync::Arc;
+//! use tower_mcp_auth::policy::{Decision, Policy, PolicyRequest, ToolScopes, all};
+//!
+//! struct OwnNotesOnly;
+//!
+//! #[async_trait::async_trait]
+//! impl Policy for OwnNotesOnly {
+//!     async fn decide(&self, request: &PolicyRequest<'_>) -> Decision {
+//!         #[derive(serde::Deserialize)]
+//!         struct Args {
+//!             owner: String,
+//!         }
+//!         if request.target() != Some("delete_note") {
+//!             return Decision::Allow;
+//!         }
+//!         match request.arguments_as::<Args>() {
+//!             Some(args) if args.owner == request.principal().subject() => Decision::Allow,
+//!             _ => Decision::deny("only the owner may delete a note"),
+//!         }
+//!     }
+//! }
+//!
+//! let scopes = ToolScopes::new()
+//!     .tool("delete_note", ["notes:write"])
+//!     .tool("list_notes", ["notes:read"]);
+//! let policy = all(vec![Arc::new(scopes), Arc::new(OwnNotesOnly)]);
+//! # let _ = tower_mcp_auth::McpAuth::builder().policy(policy);
+//! ```
+//!
+//! A closure is a policy too: `|request: &PolicyRequest<'_>| Decision::Allow`.
 
 mod body;
 mod classify;

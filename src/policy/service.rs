@@ -23,6 +23,7 @@ use super::layer::PolicyShared;
 use super::listing::{ListKind, ListRequests, ListingBody, ListingFilter};
 use super::session::{SessionKey, SessionOwner};
 use super::tool_scopes::{BatchMode, DenialStyle};
+use crate::audit::AuditRecord;
 use crate::error::{AuthError, AuthErrorKind};
 use crate::principal::Principal;
 
@@ -62,9 +63,11 @@ impl<S: fmt::Debug> fmt::Debug for McpPolicy<S> {
     }
 }
 
+type BoxResponse<B, E> = Pin<Box<dyn Future<Output = Result<Response<PolicyBody<B>>, E>> + Send>>;
+
 /// Response future of [`McpPolicy`]. Boxed: it reads the body and awaits the policy.
 pub struct ResponseFuture<B, E> {
-    inner: Pin<Box<dyn Future<Output = Result<Response<PolicyBody<B>>, E>> + Send>>,
+    inner: BoxResponse<B, E>,
 }
 
 impl<B, E> Future for ResponseFuture<B, E> {
@@ -137,6 +140,10 @@ where
         Ok(session) => session,
         Err(error) => return Ok(shared.reject(error, None)),
     };
+    let record = parts.extensions.get::<AuditRecord>().cloned();
+    if let (Some(record), Some(key)) = (&record, &session) {
+        record.set_session(key.to_base64());
+    }
     if let (Some(store), Some(key)) = (&shared.sessions, &session)
         && let Some(owner) = store.owner(key).await
         && owner != SessionOwner::of(&principal)
@@ -176,6 +183,12 @@ where
         }
         if classified.batch && shared.batches == BatchMode::Refuse {
             return Ok(shared.reject(AuthErrorKind::BatchRefused.into(), None));
+        }
+        if let Some(record) = &record {
+            for message in &classified.messages {
+                let op = &message.operation;
+                record.add_call(op.method(), op.target(), op.arguments());
+            }
         }
         match evaluate(&shared, &principal, &parts, &classified).await {
             Ok(plan) => plan,
@@ -264,6 +277,9 @@ async fn evaluate<B>(
                 refused_call |= matches!(message.operation, Operation::CallTool { .. });
             }
             Decision::Deny { reason } => {
+                if let Some(record) = parts.extensions.get::<AuditRecord>() {
+                    record.set_reason_detail(&reason);
+                }
                 tracing::debug!(
                     target: "tower_mcp_auth::policy",
                     method = message.operation.method(),

@@ -208,7 +208,8 @@ impl ToolScopes {
         let pattern = pattern.into();
         self.resources.retain(|(p, _)| *p != pattern);
         self.resources.push((pattern, set(scopes)));
-        self.resources.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        self.resources
+            .sort_by_key(|(pattern, _)| std::cmp::Reverse(pattern.len()));
         self
     }
 

@@ -5,16 +5,18 @@ use std::sync::Arc;
 use tower_layer::Layer;
 
 use super::service::McpAuthService;
+use crate::audit::{Audit, AuditLayer};
 use crate::metadata::MetadataService;
 use crate::policy::McpPolicyLayer;
 use crate::token::TokenLayer;
 
-/// Wraps an MCP service (or a whole router) in the stack, in the one correct order (token, then
-/// policy), and answers the protected resource metadata paths. Get it from
+/// Wraps an MCP service (or a whole router) in the stack, in the one correct order (audit,
+/// token, policy), and answers the protected resource metadata paths. Get it from
 /// [`McpAuth::layer`](crate::McpAuth::layer).
 #[derive(Debug, Clone)]
 #[must_use]
 pub struct McpAuthLayer {
+    pub(crate) audit: AuditLayer,
     pub(crate) token: TokenLayer,
     pub(crate) policy: McpPolicyLayer,
     pub(crate) metadata: MetadataService,
@@ -22,13 +24,13 @@ pub struct McpAuthLayer {
 }
 
 impl<S> Layer<S> for McpAuthLayer {
-    type Service = McpAuthService<S>;
+    type Service = Audit<McpAuthService<S>>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        McpAuthService {
+        self.audit.layer(McpAuthService {
             inner: self.token.layer(self.policy.layer(inner)),
             metadata: self.metadata.clone(),
             metadata_paths: self.metadata_paths.clone(),
-        }
+        })
     }
 }

@@ -10,6 +10,7 @@ pub use layer::McpAuthLayer;
 pub use service::{McpAuthFuture, McpAuthService};
 use url::Url;
 
+use crate::audit::{AuditEmitter, AuditLayer, RedactArguments};
 use crate::config::{ConfigError, IssuerConfig, McpAuthConfig, UrlRole, check_scope, parse_url};
 use crate::error::{ChallengeConfig, ShapeRejection};
 use crate::http_client::HttpClient;
@@ -32,6 +33,7 @@ pub struct McpAuth {
     verifier: JwtVerifier,
     token_layer: TokenLayer,
     policy_layer: McpPolicyLayer,
+    audit_layer: AuditLayer,
 }
 
 impl McpAuth {
@@ -50,6 +52,7 @@ impl McpAuth {
     /// paths itself, unauthenticated, and authenticates every other request.
     pub fn layer(&self) -> McpAuthLayer {
         McpAuthLayer {
+            audit: self.audit_layer.clone(),
             token: self.token_layer.clone(),
             policy: self.policy_layer.clone(),
             metadata: MetadataService::new(&self.metadata),
@@ -103,6 +106,8 @@ pub struct McpAuthBuilder {
     http_client: Option<Arc<dyn HttpClient>>,
     shape: Option<Arc<dyn ShapeRejection>>,
     policy: Option<Arc<dyn Policy>>,
+    audit: Option<AuditEmitter>,
+    redact: Option<Arc<dyn RedactArguments>>,
     allow_cors_preflight: bool,
 }
 
@@ -187,6 +192,19 @@ impl McpAuthBuilder {
     /// Replaces the `[policy]` section (scope map and policy layer settings).
     pub fn policy_config(mut self, policy: crate::policy::PolicyConfig) -> Self {
         self.config_mut().policy = policy;
+        self
+    }
+
+    /// Audits every request through `emitter` (see [`crate::audit`]). Without it, nothing is
+    /// audited.
+    pub fn audit(mut self, emitter: AuditEmitter) -> Self {
+        self.audit = Some(emitter);
+        self
+    }
+
+    /// Records tool arguments in audit events, in the form `redact` returns.
+    pub fn redact_arguments(mut self, redact: impl RedactArguments) -> Self {
+        self.redact = Some(Arc::new(redact));
         self
     }
 
@@ -293,7 +311,18 @@ impl McpAuthBuilder {
         if let Some(shape) = self.shape.take() {
             token_layer = token_layer.shape_rejection_shared(shape);
         }
+        let audit_layer = match self.audit.take() {
+            Some(emitter) => {
+                let layer = AuditLayer::new(emitter, config.resource.as_str());
+                match self.redact.take() {
+                    Some(redact) => layer.redact_arguments_shared(redact),
+                    None => layer,
+                }
+            }
+            None => AuditLayer::disabled(),
+        };
         Ok(McpAuth {
+            audit_layer,
             metadata_paths: Arc::new(well_known_paths(&resource)),
             resource,
             metadata,

@@ -15,6 +15,7 @@ use tower_service::Service;
 
 use super::body::ResponseBody;
 use super::layer::TokenConfig;
+use crate::audit::AuditRecord;
 use crate::error::AuthError;
 use crate::principal::Principal;
 
@@ -111,6 +112,9 @@ where
                             };
                             if !config.keep_authorization {
                                 request.headers_mut().remove(AUTHORIZATION);
+                            }
+                            if let Some(record) = request.extensions().get::<AuditRecord>() {
+                                record.set_principal(&principal);
                             }
                             request.extensions_mut().insert(principal);
                             let future = service.call(request);

@@ -6,6 +6,7 @@
 //! match, selecting that issuer's keys and algorithms only); the key (by `kid`, bound to one
 //! algorithm); the signature; then time, audience, required claims and binding.
 
+use std::borrow::Cow;
 use std::collections::BTreeSet;
 use std::fmt;
 use std::sync::Arc;
@@ -291,11 +292,13 @@ struct Parsed<'t> {
 /// The JOSE header members this crate reads. Duplicate members are refused by serde.
 #[derive(Deserialize)]
 struct Header<'a> {
-    alg: &'a str,
-    #[serde(default)]
-    typ: Option<&'a str>,
-    #[serde(default)]
-    kid: Option<&'a str>,
+    // Cow: escaped strings (`"application\/at+jwt"`) are legal JSON and cannot be borrowed.
+    #[serde(borrow)]
+    alg: Cow<'a, str>,
+    #[serde(default, borrow)]
+    typ: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    kid: Option<Cow<'a, str>>,
     #[serde(default, deserialize_with = "present")]
     crit: bool,
     #[serde(default, deserialize_with = "present")]
@@ -334,11 +337,11 @@ fn parse<'t>(token: &'t str, inner: &Inner) -> Result<Parsed<'t>, AuthError> {
     if header.crit {
         return Err(AuthErrorKind::UnsupportedCriticalHeader.into());
     }
-    check_typ(header.typ, inner.accept_untyped)?;
-    let alg = SigningAlgorithm::from_alg(header.alg).ok_or(AuthErrorKind::AlgorithmNotAllowed)?;
+    check_typ(header.typ.as_deref(), inner.accept_untyped)?;
+    let alg = SigningAlgorithm::from_alg(&header.alg).ok_or(AuthErrorKind::AlgorithmNotAllowed)?;
     let kid = match header.kid {
         Some(kid) if kid.len() > MAX_KID_LEN => return Err(AuthErrorKind::UnknownKey.into()),
-        Some(kid) => Some(kid.to_owned()),
+        Some(kid) => Some(kid.into_owned()),
         None => None,
     };
     let payload = decode(p64)?;

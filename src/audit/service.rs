@@ -1,0 +1,381 @@
+//! [`AuditLayer`] and [`Audit`]: one event per request, emitted when the response head is known.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+use std::time::{Instant, SystemTime};
+
+use http::header::{HeaderValue, RETRY_AFTER};
+use http::{Request, Response, StatusCode};
+use pin_project_lite::pin_project;
+use tower_layer::Layer;
+use tower_service::Service;
+
+use super::emitter::{AuditEmitter, AuditPermit, Overflowed};
+use super::event::{
+    AuditEvent, AuditRecord, DecisionKind, HttpFacts, PrincipalFacts, RedactArguments,
+    SCHEMA_VERSION, TokenFacts,
+};
+use crate::error::{AuthError, AuthErrorKind};
+
+/// Emits one [`AuditEvent`] per request through an [`AuditEmitter`]. Place it outermost (the
+/// [`McpAuth`](crate::McpAuth) stack does).
+#[derive(Clone)]
+#[must_use]
+pub struct AuditLayer {
+    shared: Arc<AuditShared>,
+}
+
+struct AuditShared {
+    emitter: Option<AuditEmitter>,
+    resource: Arc<str>,
+    redact: Option<Arc<dyn RedactArguments>>,
+}
+
+impl AuditLayer {
+    /// Audits every request for `resource` through `emitter`.
+    pub fn new(emitter: AuditEmitter, resource: impl Into<Arc<str>>) -> Self {
+        Self {
+            shared: Arc::new(AuditShared {
+                emitter: Some(emitter),
+                resource: resource.into(),
+                redact: None,
+            }),
+        }
+    }
+
+    /// A layer that audits nothing (the stack without an emitter).
+    pub(crate) fn disabled() -> Self {
+        Self {
+            shared: Arc::new(AuditShared {
+                emitter: None,
+                resource: Arc::from(""),
+                redact: None,
+            }),
+        }
+    }
+
+    /// Records tool and prompt arguments in the redacted form `redact` returns. Off by default:
+    /// arguments are not recorded.
+    pub fn redact_arguments(self, redact: impl RedactArguments) -> Self {
+        self.redact_arguments_shared(Arc::new(redact))
+    }
+
+    pub(crate) fn redact_arguments_shared(self, redact: Arc<dyn RedactArguments>) -> Self {
+        Self {
+            shared: Arc::new(AuditShared {
+                emitter: self.shared.emitter.clone(),
+                resource: self.shared.resource.clone(),
+                redact: Some(redact),
+            }),
+        }
+    }
+}
+
+impl fmt::Debug for AuditLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AuditLayer")
+            .field("enabled", &self.shared.emitter.is_some())
+            .field("resource", &self.shared.resource)
+            .field("redact", &self.shared.redact.as_ref().map(|_| "<fn>"))
+            .finish()
+    }
+}
+
+impl<S> Layer<S> for AuditLayer {
+    type Service = Audit<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Audit {
+            inner,
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+/// The auditing service; see [`AuditLayer`].
+#[derive(Clone)]
+pub struct Audit<S> {
+    inner: S,
+    shared: Arc<AuditShared>,
+}
+
+impl<S> Audit<S> {
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// Unwraps the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S: fmt::Debug> fmt::Debug for Audit<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Audit")
+            .field("inner", &self.inner)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What the event needs from the request.
+struct Pending {
+    record: AuditRecord,
+    method: String,
+    path: String,
+    request_id: String,
+    remote_addr: Option<String>,
+    started: Instant,
+    shared: Arc<AuditShared>,
+}
+
+type ReserveFuture = Pin<Box<dyn Future<Output = Result<AuditPermit, Overflowed>> + Send>>;
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for Audit<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone,
+    ResBody: Default,
+{
+    type Response = Response<ResBody>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S, ReqBody>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
+        let Some(emitter) = &self.shared.emitter else {
+            return ResponseFuture {
+                state: State::Calling {
+                    future: self.inner.call(req),
+                    permit: None,
+                    pending: None,
+                },
+            };
+        };
+        let started = Instant::now();
+        let record = AuditRecord::new(self.shared.redact.clone());
+        req.extensions_mut().insert(record.clone());
+        let pending = Pending {
+            record,
+            method: req.method().as_str().to_owned(),
+            path: req.uri().path().to_owned(),
+            request_id: request_id(req.headers()),
+            remote_addr: req
+                .extensions()
+                .get::<std::net::SocketAddr>()
+                .map(ToString::to_string),
+            started,
+            shared: self.shared.clone(),
+        };
+        let emitter = emitter.clone();
+        let reserve: ReserveFuture = Box::pin(async move { emitter.reserve().await });
+        let clone = self.inner.clone();
+        let ready = std::mem::replace(&mut self.inner, clone);
+        ResponseFuture {
+            state: State::Reserving {
+                reserve,
+                request: Some(req),
+                service: Some(ready),
+                pending: Some(pending),
+            },
+        }
+    }
+}
+
+pin_project! {
+    /// Response future of [`Audit`].
+    pub struct ResponseFuture<S, ReqBody>
+    where
+        S: Service<Request<ReqBody>>,
+    {
+        #[pin]
+        state: State<S, S::Future, ReqBody>,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<S, F, ReqBody> {
+        Reserving {
+            reserve: ReserveFuture,
+            request: Option<Request<ReqBody>>,
+            service: Option<S>,
+            pending: Option<Pending>,
+        },
+        Calling {
+            #[pin]
+            future: F,
+            permit: Option<AuditPermit>,
+            pending: Option<Pending>,
+        },
+    }
+}
+
+impl<S, ReqBody, ResBody> Future for ResponseFuture<S, ReqBody>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    ResBody: Default,
+{
+    type Output = Result<Response<ResBody>, S::Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        loop {
+            match this.state.as_mut().project() {
+                StateProj::Reserving {
+                    reserve,
+                    request,
+                    service,
+                    pending,
+                } => {
+                    let reserved = ready!(reserve.as_mut().poll(cx));
+                    let (Some(request), Some(mut service)) = (request.take(), service.take())
+                    else {
+                        panic!("audit ResponseFuture polled after completion");
+                    };
+                    match reserved {
+                        Ok(permit) => {
+                            let future = service.call(request);
+                            let pending = pending.take();
+                            this.state.set(State::Calling {
+                                future,
+                                permit: Some(permit),
+                                pending,
+                            });
+                        }
+                        Err(Overflowed) => return Poll::Ready(Ok(overflow_response())),
+                    }
+                }
+                StateProj::Calling {
+                    future,
+                    permit,
+                    pending,
+                } => {
+                    let result = ready!(future.poll(cx));
+                    if let (Some(permit), Some(pending)) = (permit.take(), pending.take()) {
+                        let status = match &result {
+                            Ok(response) => response.status(),
+                            Err(_) => StatusCode::INTERNAL_SERVER_ERROR,
+                        };
+                        let error = result
+                            .as_ref()
+                            .ok()
+                            .and_then(|r| r.extensions().get::<AuthError>());
+                        permit.send(event(pending, status, error));
+                    }
+                    return Poll::Ready(result);
+                }
+            }
+        }
+    }
+}
+
+impl<S, ReqBody> fmt::Debug for ResponseFuture<S, ReqBody>
+where
+    S: Service<Request<ReqBody>>,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}
+
+/// 503 when the audit queue is full and the overflow policy is `Reject` (compliance mode).
+fn overflow_response<B: Default>() -> Response<B> {
+    let mut response = Response::new(B::default());
+    *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+    response
+        .headers_mut()
+        .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+    response
+        .extensions_mut()
+        .insert(AuthError::new(AuthErrorKind::AuditUnavailable));
+    response
+}
+
+fn event(pending: Pending, status: StatusCode, error: Option<&AuthError>) -> AuditEvent {
+    let data = pending.record.with(std::mem::take);
+    let principal = data.principal.as_ref();
+    AuditEvent {
+        schema: SCHEMA_VERSION,
+        time: humantime::format_rfc3339_micros(SystemTime::now()).to_string(),
+        event_id: uuid::Uuid::new_v4().to_string(),
+        request_id: pending.request_id,
+        http: HttpFacts {
+            method: pending.method,
+            path: pending.path,
+            status: status.as_u16(),
+        },
+        decision: if error.is_some() {
+            DecisionKind::Deny
+        } else {
+            DecisionKind::Allow
+        },
+        reason: error.map(|e| e.kind().as_str().to_owned()),
+        reason_detail: data.reason_detail,
+        mcp: data.calls,
+        session: data.session,
+        principal: principal.map(PrincipalFacts::of),
+        required_scopes: error
+            .and_then(AuthError::required_scope)
+            .map(|s| s.split(' ').map(str::to_owned).collect())
+            .unwrap_or_default(),
+        token: principal.map(TokenFacts::of),
+        resource: pending.shared.resource.to_string(),
+        remote_addr: pending.remote_addr,
+        latency_us: u64::try_from(pending.started.elapsed().as_micros()).unwrap_or(u64::MAX),
+        arguments: (!data.arguments.is_empty()).then_some(data.arguments),
+    }
+}
+
+/// The trace id of a W3C `traceparent`, else a sane `x-request-id`, else a new UUID.
+fn request_id(headers: &http::HeaderMap) -> String {
+    if let Some(trace_id) = headers
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split('-').nth(1))
+        .filter(|id| id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()))
+    {
+        return trace_id.to_ascii_lowercase();
+    }
+    if let Some(id) = headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|id| {
+            (1..=128).contains(&id.len())
+                && id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+        })
+    {
+        return id.to_owned();
+    }
+    uuid::Uuid::new_v4().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids() {
+        let mut h = http::HeaderMap::new();
+        h.insert(
+            "traceparent",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01"
+                .parse()
+                .unwrap(),
+        );
+        assert_eq!(request_id(&h), "4bf92f3577b34da6a3ce929d0e0e4736");
+        let mut h = http::HeaderMap::new();
+        h.insert("x-request-id", "req-42".parse().unwrap());
+        assert_eq!(request_id(&h), "req-42");
+        h.insert("x-request-id", "bad id\"".parse().unwrap());
+        assert_eq!(request_id(&h).len(), 36);
+    }
+}
