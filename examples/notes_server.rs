@@ -21,8 +21,9 @@
 //!   --config FILE        a TOML McpAuthConfig (resource, issuers, token rules, [policy])
 //!   --sessions           rmcp's stateful mode (Mcp-Session-Id, SSE responses), sessions
 //!                        bound to the principal that created them
+//!   --audit-log FILE     audit events as JSON lines (flushed every second and on shutdown)
 //!   --dpop off|allowed|required, --introspection-endpoint URL, --client-id ID,
-//!   --client-secret S, --audit-log FILE: not yet supported (the command fails)
+//!   --client-secret S: not yet supported (the command fails)
 //! ```
 //!
 //! The scope map is enforced by the policy layer before any handler runs (`--config` may
@@ -37,6 +38,7 @@ use std::{
 };
 
 use axum::Router;
+use axum::extract::ConnectInfo;
 use http::{Uri, request::Parts};
 use rmcp::{
     ErrorData, RoleServer, ServerHandler,
@@ -60,6 +62,7 @@ use rmcp::{
 };
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+use tower_mcp_auth::audit::{self, AuditEmitter, AuditOptions, FsyncPolicy, JsonLinesSink};
 use tower_mcp_auth::policy::ToolScopes;
 use tower_mcp_auth::testing::DevIssuer;
 use tower_mcp_auth::{IssuerConfig, McpAuth, McpAuthConfig, Principal};
@@ -291,10 +294,11 @@ struct Args {
     jwks_uri: Option<String>,
     config: Option<String>,
     sessions: bool,
+    audit_log: Option<String>,
 }
 
 const USAGE: &str = "usage: notes_server [--listen ADDR] [--resource URL] [--issuer URL \
-    --jwks-uri URL] [--config FILE] [--sessions]";
+    --jwks-uri URL] [--config FILE] [--sessions] [--audit-log FILE]";
 
 fn parse_args() -> Result<Args, String> {
     let mut args = Args::default();
@@ -316,7 +320,8 @@ fn parse_args() -> Result<Args, String> {
                     ));
                 }
             }
-            "--introspection-endpoint" | "--client-id" | "--client-secret" | "--audit-log" => {
+            "--audit-log" => args.audit_log = Some(value()?),
+            "--introspection-endpoint" | "--client-id" | "--client-secret" => {
                 return Err(format!("{flag}: not yet supported"));
             }
             "--help" | "-h" => return Err(USAGE.to_owned()),
@@ -343,7 +348,15 @@ fn allowed_hosts(addr: SocketAddr, resource: &Uri) -> Vec<String> {
 }
 
 /// Builds the auth stack from the flags; returns the dev issuer when one is used.
-fn build_auth(args: &Args, resource: &str) -> Result<(McpAuth, Option<DevIssuer>), String> {
+fn build_auth(
+    args: &Args,
+    resource: &str,
+    audit: Option<AuditEmitter>,
+) -> Result<(McpAuth, Option<DevIssuer>), String> {
+    let mut builder = McpAuth::builder();
+    if let Some(emitter) = audit {
+        builder = builder.audit(emitter);
+    }
     if let Some(path) = &args.config {
         let mut config = McpAuthConfig::from_toml_file(path).map_err(|e| e.to_string())?;
         if let Some(resource) = &args.resource {
@@ -352,12 +365,10 @@ fn build_auth(args: &Args, resource: &str) -> Result<(McpAuth, Option<DevIssuer>
         if config.resource.is_empty() {
             config.resource = resource.to_owned();
         }
-        return Ok((
-            McpAuth::from_config(config).map_err(|e| e.to_string())?,
-            None,
-        ));
+        let auth = builder.config(config).build().map_err(|e| e.to_string())?;
+        return Ok((auth, None));
     }
-    let builder = McpAuth::builder()
+    let builder = builder
         .resource(resource)
         .policy(notes_scopes())
         .resource_name("Notes (tower-mcp-auth example)")
@@ -420,6 +431,17 @@ curl -s {resource} -H "Authorization: Bearer $WRITE_TOKEN" -H 'Content-Type: app
     );
 }
 
+/// Resolves on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term.recv() => {}
+    }
+}
+
 /// Serves `service` at `path`; axum refuses to nest at `/`, so a root endpoint is the fallback.
 fn mount<S>(path: &str, service: S) -> Router
 where
@@ -457,7 +479,19 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         .clone()
         .unwrap_or_else(|| format!("http://{addr}/mcp"));
     let resource: Uri = resource_url.parse()?;
-    let (auth, dev) = build_auth(&args, &resource_url)?;
+    // `--audit-log FILE`: one JSON line per request, flushed every second and on shutdown.
+    let audit = match &args.audit_log {
+        Some(path) => {
+            let sink = JsonLinesSink::file(path, FsyncPolicy::OnFlush)?;
+            Some(audit::spawn(Arc::new(sink), AuditOptions::default()))
+        }
+        None => None,
+    };
+    let (auth, dev) = build_auth(
+        &args,
+        &resource_url,
+        audit.as_ref().map(|(emitter, _)| emitter.clone()),
+    )?;
 
     // Default: stateless mode: no `Mcp-Session-Id`, every POST is handled on
     // its own with that request's HTTP parts (and so that request's principal),
@@ -479,13 +513,30 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         let sessions = Arc::new(NeverSessionManager::default());
         mount(path, StreamableHttpService::new(factory, sessions, config))
     };
-    // One layer: serves the RFC 9728 metadata and authenticates everything else.
-    let app = app.layer(auth.layer());
+    // One layer: serves the RFC 9728 metadata, audits, authenticates and authorizes the rest.
+    // The outer map_request hands the peer address to the audit layer.
+    let app = app
+        .layer(auth.layer())
+        .layer(axum::middleware::map_request(
+            |ConnectInfo(peer): ConnectInfo<SocketAddr>, mut request: axum::extract::Request| async move {
+                request.extensions_mut().insert(peer);
+                request
+            },
+        ));
 
     if let Some(dev) = &dev {
         print_dev_session(dev, &resource_url);
     }
     println!("listening on http://{addr}");
-    axum::serve(listener, app).await?;
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown_signal())
+    .await?;
+    if let Some((_, handle)) = audit {
+        // Every accepted event reaches the file before the process exits.
+        handle.shutdown().await?;
+    }
     Ok(())
 }
