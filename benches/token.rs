@@ -7,6 +7,9 @@
 //!   `ToolScopes` allowing the tool) around a trivial service, with a valid token and with no
 //!   token (the rejection path), against the bare service.
 //!
+//! - `audit/*`: the rejection path (no cryptography) with and without the audit layer (a sink
+//!   that discards events): the difference is what auditing adds to the request path.
+//!
 //! Futures are driven with a current-thread tokio runtime's `block_on` inside `b.iter`.
 
 use std::convert::Infallible;
@@ -197,5 +200,65 @@ fn layer(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, es256, layer);
+/// Discards events: isolates the request-path cost of auditing (reserve, record, build, send).
+#[derive(Debug)]
+struct NullSink;
+
+#[async_trait::async_trait]
+impl tower_mcp_auth::audit::AuditSink for NullSink {
+    async fn write(
+        &self,
+        events: &[tower_mcp_auth::audit::AuditEvent],
+    ) -> Result<(), tower_mcp_auth::audit::SinkError> {
+        black_box(events);
+        Ok(())
+    }
+}
+
+fn audit(c: &mut Criterion) {
+    let rt = runtime();
+    let dev = DevIssuer::new(ISSUER);
+    let build = |audit: Option<tower_mcp_auth::audit::AuditEmitter>| {
+        let mut builder = McpAuth::builder()
+            .resource(RESOURCE)
+            .issuer(dev.issuer_config())
+            .policy(ToolScopes::new().tool("whoami", ["notes:read"]));
+        if let Some(emitter) = audit {
+            builder = builder.audit(emitter);
+        }
+        builder.build().expect("config")
+    };
+    let (emitter, _handle) = rt.block_on(async {
+        tower_mcp_auth::audit::spawn(
+            std::sync::Arc::new(NullSink),
+            tower_mcp_auth::audit::AuditOptions::default(),
+        )
+    });
+    let inner = tower::service_fn(|_req: Request<Body>| async {
+        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(RESULT))))
+    });
+    let mut plain = build(None).layer().layer(inner);
+    let mut audited = build(Some(emitter)).layer().layer(inner);
+    let mut group = c.benchmark_group("audit");
+    // The rejection path does no cryptography, so the difference is the audit layer's cost.
+    group.bench_function("no_token_without_audit", |b| {
+        b.iter(|| {
+            rt.block_on(async {
+                let svc = plain.ready().await.unwrap();
+                svc.call(black_box(request(None))).await.unwrap()
+            })
+        })
+    });
+    group.bench_function("no_token_with_audit", |b| {
+        b.iter(|| {
+            rt.block_on(async {
+                let svc = audited.ready().await.unwrap();
+                svc.call(black_box(request(None))).await.unwrap()
+            })
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, es256, layer, audit);
 criterion_main!(benches);

@@ -1271,11 +1271,98 @@ fn auth_for(dev: &DevIssuer) -> McpAuth {
         .unwrap()
 }
 
+/// The same stack, audited into a channel, so each row's one event can be checked.
+struct Audited {
+    auth: McpAuth,
+    handle: tower_mcp_auth::audit::AuditHandle,
+    events: tokio::sync::mpsc::Receiver<tower_mcp_auth::audit::AuditEvent>,
+    schema: jsonschema::Validator,
+}
+
+fn audited_auth_for(dev: &DevIssuer) -> Audited {
+    use tower_mcp_auth::audit::{self, AuditOptions, ChannelSink};
+    let (sink, events) = ChannelSink::new(1024);
+    let (emitter, handle) = audit::spawn(Arc::new(sink), AuditOptions::default());
+    let auth = McpAuth::builder()
+        .resource(RESOURCE)
+        .issuer(dev.issuer_config())
+        .scopes_supported(["notes:read"])
+        .audit(emitter)
+        .build()
+        .unwrap();
+    let schema: Value =
+        serde_json::from_str(include_str!("../schema/audit-event-v1.json")).unwrap();
+    Audited {
+        auth,
+        handle,
+        events,
+        schema: jsonschema::validator_for(&schema).unwrap(),
+    }
+}
+
+/// Exactly one schema-valid event for the last request, agreeing with the response, and free of
+/// the row's secrets.
+async fn check_audit(
+    audited: &mut Audited,
+    status: u16,
+    error: Option<&AuthError>,
+    secrets: &[String],
+) -> Vec<String> {
+    let mut problems = Vec::new();
+    audited.handle.flush().await.unwrap();
+    let mut events = Vec::new();
+    while let Ok(event) = audited.events.try_recv() {
+        events.push(event);
+    }
+    if events.len() != 1 {
+        problems.push(format!("{} audit events instead of 1", events.len()));
+        return problems;
+    }
+    let event = &events[0];
+    let json = serde_json::to_value(event).unwrap();
+    for error in audited.schema.iter_errors(&json) {
+        problems.push(format!("audit event violates the schema: {error}"));
+    }
+    if event.http.status != status {
+        problems.push(format!("audit status {} != {status}", event.http.status));
+    }
+    let expected = error.map(|e| e.kind().as_str().to_owned());
+    if event.reason != expected {
+        problems.push(format!("audit reason {:?} != {expected:?}", event.reason));
+    }
+    let deny = event.decision == tower_mcp_auth::audit::DecisionKind::Deny;
+    if deny != error.is_some() {
+        problems.push(format!("audit decision {:?} disagrees", event.decision));
+    }
+    let text = json.to_string();
+    for secret in secrets {
+        for piece in secret_pieces(secret) {
+            if text.contains(piece) {
+                problems.push(format!("audit event reflects the token ({piece:.16}...)"));
+            }
+        }
+    }
+    problems
+}
+
 /// Checks one row; returns every violated expectation.
 async fn check(auth: &McpAuth, row: Row) -> Vec<String> {
+    check_with(auth, None, row).await
+}
+
+/// [`check`], plus exactly one correct audit event per request.
+async fn check_audited(audited: &mut Audited, row: Row) -> Vec<String> {
+    let auth = audited.auth.clone();
+    check_with(&auth, Some(audited), row).await
+}
+
+async fn check_with(auth: &McpAuth, audited: Option<&mut Audited>, row: Row) -> Vec<String> {
     let mut problems = Vec::new();
-    let mut fail = |msg: String| problems.push(msg);
     let out = send(auth, row.request).await;
+    if let Some(audited) = audited {
+        problems.extend(check_audit(audited, out.status, out.error.as_ref(), &row.secrets).await);
+    }
+    let mut fail = |msg: String| problems.push(msg);
 
     if (500..600).contains(&out.status) {
         fail(format!("5xx status {}", out.status));
@@ -1422,7 +1509,7 @@ async fn check(auth: &McpAuth, row: Row) -> Vec<String> {
 async fn hostile_requests_table() {
     let dev = DevIssuer::new(ISSUER);
     let attacker = DevIssuer::new(ISSUER);
-    let auth = auth_for(&dev);
+    let mut audited = audited_auth_for(&dev);
     let rows = rows(&dev, &attacker);
     let refused = rows
         .iter()
@@ -1441,7 +1528,7 @@ async fn hostile_requests_table() {
             row.name
         );
         let name = row.name.clone();
-        for problem in check(&auth, row).await {
+        for problem in check_audited(&mut audited, row).await {
             failures.push(format!("[{name}] {problem}"));
         }
     }

@@ -223,6 +223,29 @@ impl AuditEmitter {
         }
     }
 
+    /// [`reserve`](Self::reserve) without waiting: `None` only when the policy is
+    /// [`Overflow::Wait`] and the queue is full (then call `reserve`). The audit layer's fast
+    /// path: no future, no allocation beyond the permit.
+    pub(crate) fn try_reserve_now(&self) -> Option<Result<AuditPermit, Overflowed>> {
+        let inner = &*self.inner;
+        if inner.shared.closed.load(Ordering::Acquire) {
+            return Some(match inner.overflow {
+                Overflow::Drop => Ok(self.permit(None)),
+                Overflow::Wait | Overflow::Reject => Err(Overflowed),
+            });
+        }
+        match (inner.sender.clone().try_reserve_owned(), inner.overflow) {
+            (Ok(slot), _) => Some(Ok(self.permit(Some(slot)))),
+            (Err(tokio::sync::mpsc::error::TrySendError::Closed(_)), Overflow::Drop) => {
+                Some(Ok(self.permit(None)))
+            }
+            (Err(tokio::sync::mpsc::error::TrySendError::Closed(_)), _) => Some(Err(Overflowed)),
+            (Err(_), Overflow::Wait) => None,
+            (Err(_), Overflow::Reject) => Some(Err(Overflowed)),
+            (Err(_), Overflow::Drop) => Some(Ok(self.permit(None))),
+        }
+    }
+
     fn permit(&self, slot: Option<OwnedPermit<AuditEvent>>) -> AuditPermit {
         AuditPermit {
             slot,

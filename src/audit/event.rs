@@ -225,8 +225,8 @@ impl AuditRecord {
     ) {
         self.with(|d| {
             d.calls.push(McpCall {
-                method: method.to_owned(),
-                target: target.map(str::to_owned),
+                method: bounded(method).to_owned(),
+                target: target.map(|t| bounded(t).to_owned()),
             });
             if let (Some(redact), Some(target), Some(arguments)) = (&d.redact, target, arguments)
                 && let Some(kept) = redact.redact(target, arguments)
@@ -245,6 +245,20 @@ impl AuditRecord {
     pub(crate) fn set_session(&self, hash: String) {
         self.with(|d| d.session = Some(hash));
     }
+}
+
+/// At most 256 bytes of client-chosen text per field (on a character boundary), so a hostile
+/// body cannot bloat the log.
+fn bounded(text: &str) -> &str {
+    const MAX: usize = 256;
+    if text.len() <= MAX {
+        return text;
+    }
+    let mut end = MAX;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
 }
 
 impl std::fmt::Debug for AuditRecord {

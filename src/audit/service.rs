@@ -173,17 +173,32 @@ where
             started,
             shared: self.shared.clone(),
         };
-        let emitter = emitter.clone();
-        let reserve: ReserveFuture = Box::pin(async move { emitter.reserve().await });
-        let clone = self.inner.clone();
-        let ready = std::mem::replace(&mut self.inner, clone);
-        ResponseFuture {
-            state: State::Reserving {
-                reserve,
-                request: Some(req),
-                service: Some(ready),
-                pending: Some(pending),
+        // Fast path: a free slot (or a decided overflow) needs no future.
+        match emitter.try_reserve_now() {
+            Some(Ok(permit)) => ResponseFuture {
+                state: State::Calling {
+                    future: self.inner.call(req),
+                    permit: Some(permit),
+                    pending: Some(pending),
+                },
             },
+            Some(Err(Overflowed)) => ResponseFuture {
+                state: State::Overflowed,
+            },
+            None => {
+                let emitter = emitter.clone();
+                let reserve: ReserveFuture = Box::pin(async move { emitter.reserve().await });
+                let clone = self.inner.clone();
+                let ready = std::mem::replace(&mut self.inner, clone);
+                ResponseFuture {
+                    state: State::Reserving {
+                        reserve,
+                        request: Some(req),
+                        service: Some(ready),
+                        pending: Some(pending),
+                    },
+                }
+            }
         }
     }
 }
@@ -214,6 +229,7 @@ pin_project! {
             permit: Option<AuditPermit>,
             pending: Option<Pending>,
         },
+        Overflowed,
     }
 }
 
@@ -252,6 +268,7 @@ where
                         Err(Overflowed) => return Poll::Ready(Ok(overflow_response())),
                     }
                 }
+                StateProj::Overflowed => return Poll::Ready(Ok(overflow_response())),
                 StateProj::Calling {
                     future,
                     permit,
@@ -304,7 +321,7 @@ fn event(pending: Pending, status: StatusCode, error: Option<&AuthError>) -> Aud
     AuditEvent {
         schema: SCHEMA_VERSION,
         time: humantime::format_rfc3339_micros(SystemTime::now()).to_string(),
-        event_id: uuid::Uuid::new_v4().to_string(),
+        event_id: unique_id(),
         request_id: pending.request_id,
         http: HttpFacts {
             method: pending.method,
@@ -355,7 +372,20 @@ fn request_id(headers: &http::HeaderMap) -> String {
     {
         return id.to_owned();
     }
-    uuid::Uuid::new_v4().to_string()
+    unique_id()
+}
+
+/// A UUID v4-shaped id, unique per process (random base, counter in the low bits): no system
+/// call per event.
+fn unique_id() -> String {
+    use std::sync::OnceLock;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static BASE: OnceLock<u128> = OnceLock::new();
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let base = *BASE.get_or_init(|| uuid::Uuid::new_v4().as_u128());
+    // The low 62 bits hold neither the version nor the variant bits.
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed) & ((1 << 62) - 1);
+    uuid::Uuid::from_u128(base ^ u128::from(n)).to_string()
 }
 
 #[cfg(test)]

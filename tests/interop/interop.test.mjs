@@ -10,17 +10,20 @@
 //   NOTES_SERVER_BIN   path to the built example (default: $CARGO_TARGET_DIR or
 //                      <repo>/target, then debug/examples/notes_server)
 //   INTEROP_LOGS=1     print the children's output at the end
+//   INTEROP_KEEP_AUDIT=1  keep the servers' audit logs (temporary files) and print their paths
 //   INTEROP_ALGS       comma-separated access token algs to run the suite with
 //                      (default "ES256,RS256")
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 
 import {
-  CLIENT_ID, OTHER_RESOURCE, REQUEST_TIMEOUT_MS,
-  decodeJwt, getToken, initializeRequest, mcpPost, openSession, resultText, rpc,
-  startAuthorizationServer, startNotesServer, stopChild,
+  CLIENT_ID, CLIENT_SECRET, OTHER_RESOURCE, REQUEST_TIMEOUT_MS,
+  PROTOCOL_VERSION,
+  decodeJwt, expectAudit, getToken, httpRequest, initializeRequest, mcpPost, openSession, resultText, rpc,
+  startAuthorizationServer, startNotesServer, stopChild, trackedFetch,
   withAlgNone, withFlippedSignatureBit, withForeignKey, withHs256FromPublicKey, withPayload,
 } from './lib.mjs';
+import { auditLogTest } from './audit.mjs';
 
 const SUITE_TIMEOUT_MS = 180_000;
 
@@ -52,8 +55,10 @@ for (const alg of algs) {
       }
     });
 
-    const assertInvalidToken = async (token, what) => {
+    // `reason`: the audit event's reason code for this token.
+    const assertInvalidToken = async (token, what, reason) => {
       const res = await mcpPost(url, initializeRequest(), { token });
+      expectAudit(res, { decision: 'deny', reason });
       assert.equal(res.status, 401, `${what}: expected 401, got ${res.status} ${res.text}`);
       const www = res.wwwAuthenticate ?? '';
       assert.match(www, /^Bearer /, `${what}: WWW-Authenticate ${JSON.stringify(www)}`);
@@ -81,7 +86,7 @@ for (const alg of algs) {
     });
 
     it('serves protected resource metadata (RFC 9728)', async () => {
-      const res = await fetch(metadataUrl, { signal: AbortSignal.timeout(REQUEST_TIMEOUT_MS) });
+      const res = await trackedFetch(metadataUrl, { signal: AbortSignal.timeout(REQUEST_TIMEOUT_MS) });
       const text = await res.text();
       assert.equal(res.status, 200, `${metadataUrl}: ${res.status} ${text}`);
       assert.match(res.headers.get('content-type') ?? '', /^application\/json/);
@@ -93,6 +98,7 @@ for (const alg of algs) {
 
     it('rejects a request without a token: 401 + resource_metadata challenge, no error', async () => {
       const res = await mcpPost(url, initializeRequest());
+      expectAudit(res, { decision: 'deny', reason: 'missing_credentials' });
       assert.equal(res.status, 401, `expected 401, got ${res.status} ${res.text}`);
       const www = res.wwwAuthenticate ?? '';
       assert.match(www, /^Bearer /, `WWW-Authenticate ${JSON.stringify(www)}`);
@@ -109,6 +115,7 @@ for (const alg of algs) {
         const { session } = await openSession(url, token);
 
         const call = await mcpPost(url, rpc('tools/call', { name: 'whoami', arguments: {} }), session);
+        expectAudit(call, { decision: 'allow', principal: true, mcp: [{ method: 'tools/call', target: 'whoami' }] });
         assert.equal(call.status, 200, `tools/call: ${call.status} ${call.wwwAuthenticate ?? ''} ${call.text}`);
         assert.ok(call.response, `tools/call: no JSON-RPC response in ${JSON.stringify(call.text)}`);
         assert.equal(call.response.error, undefined, `tools/call error: ${JSON.stringify(call.response.error)}`);
@@ -124,44 +131,94 @@ for (const alg of algs) {
       await assertInvalidToken(
         withPayload(token, (p) => ({ ...p, scope: 'notes:read notes:write notes:admin' })),
         'scope widened',
+        'invalid_signature',
       );
       await assertInvalidToken(
         withPayload(token, (p) => ({ ...p, exp: p.exp + 3600 })),
         'exp extended',
+        'invalid_signature',
       );
     });
 
     it('rejects a token with a flipped signature bit', async () => {
       const { access_token: token } = await getToken(as.issuer, { resource: url, scope: 'notes:read' });
-      await assertInvalidToken(withFlippedSignatureBit(token), 'signature bit flipped');
+      await assertInvalidToken(withFlippedSignatureBit(token), 'signature bit flipped', 'invalid_signature');
     });
 
     it('rejects alg=none with an empty signature', async () => {
       const { access_token: token } = await getToken(as.issuer, { resource: url, scope: 'notes:read' });
-      await assertInvalidToken(withAlgNone(token), 'alg none');
+      await assertInvalidToken(withAlgNone(token), 'alg none', 'algorithm_not_allowed');
     });
 
     it('rejects a token signed by a key not in the JWKS (same kid)', async () => {
       const { access_token: token } = await getToken(as.issuer, { resource: url, scope: 'notes:read' });
-      await assertInvalidToken(await withForeignKey(token), 'foreign key');
+      await assertInvalidToken(await withForeignKey(token), 'foreign key', 'invalid_signature');
     });
 
     it('rejects HS256 keyed with the published public key (alg confusion)', async () => {
       const { access_token: token } = await getToken(as.issuer, { resource: url, scope: 'notes:read' });
-      await assertInvalidToken(await withHs256FromPublicKey(token, as.issuer), 'HS256 alg confusion');
+      await assertInvalidToken(await withHs256FromPublicKey(token, as.issuer), 'HS256 alg confusion', 'algorithm_not_allowed');
     });
 
     it('rejects a token issued for another resource (audience mismatch)', async () => {
       const { access_token: token } = await getToken(as.issuer, { resource: OTHER_RESOURCE, scope: 'notes:read' });
       assert.equal(decodeJwt(token).payload.aud, OTHER_RESOURCE);
-      await assertInvalidToken(token, 'other resource');
+      await assertInvalidToken(token, 'other resource', 'wrong_audience');
     });
 
     it('rejects an opaque (non-JWT) token and garbage', async () => {
       const { access_token: opaque } = await getToken(as.issuer, { scope: 'notes:read' });
       assert.equal(opaque.split('.').length, 1, 'without resource the AS issues an opaque token');
-      await assertInvalidToken(opaque, 'opaque token');
-      await assertInvalidToken('not.a.jwt', 'garbage');
+      await assertInvalidToken(opaque, 'opaque token', 'malformed_token');
+      await assertInvalidToken('not.a.jwt', 'garbage', 'malformed_token');
+    });
+
+    // Credentials anywhere but a well-formed Authorization: Bearer header are refused; the
+    // audit log names the reason (and, checked at the end, contains none of them).
+    it('refuses a token in the query, a form body, two tokens, the DPoP scheme, Basic credentials', async () => {
+      const { access_token: token } = await getToken(as.issuer, { resource: url, scope: 'notes:read' });
+      const base = {
+        accept: 'application/json, text/event-stream',
+        'content-type': 'application/json',
+        'mcp-protocol-version': PROTOCOL_VERSION,
+      };
+      const body = JSON.stringify(rpc('tools/list'));
+      const basic = `Basic ${Buffer.from(`${CLIENT_ID}:${CLIENT_SECRET}`).toString('base64')}`;
+      const cases = [
+        ['token in the query string', `${url}?access_token=${token}`, { headers: base, body }, 400, 'token_in_query'],
+        ['token in a form body', url, { headers: { ...base, 'content-type': 'application/x-www-form-urlencoded' }, body: `access_token=${token}` }, 400, 'form_encoded_body'],
+        ['two bearer tokens in one header', url, { headers: { ...base, authorization: `Bearer ${token}, Bearer ${token}` }, body }, 400, 'malformed_authorization'],
+        ['the DPoP scheme (not enabled)', url, { headers: { ...base, authorization: `DPoP ${token}` }, body }, 401, 'dpop_not_enabled'],
+        ['client credentials as Basic', url, { headers: { ...base, authorization: basic }, body }, 401, 'missing_credentials'],
+        ['a token with trailing garbage', url, { headers: { ...base, authorization: `Bearer ${token}x.y` }, body }, 401, 'malformed_token'],
+      ];
+      for (const [what, target, init, status, reason] of cases) {
+        const res = await httpRequest(target, init);
+        expectAudit(res, { decision: 'deny', reason });
+        assert.equal(res.status, status, `${what}: ${res.status} ${res.wwwAuthenticate} ${res.text}`);
+      }
+    });
+
+    it('concurrent requests: each one answered (and audited) on its own', async () => {
+      const { access_token: token } = await getToken(as.issuer, { resource: url, scope: 'notes:read' });
+      const results = await Promise.all(Array.from({ length: 20 }, () => mcpPost(
+        url,
+        rpc('tools/call', { name: 'whoami', arguments: {} }),
+        { token, protocolVersion: PROTOCOL_VERSION },
+      )));
+      for (const res of results) {
+        expectAudit(res, { decision: 'allow', principal: true });
+        assert.equal(res.status, 200, `${res.status} ${res.text}`);
+      }
+    });
+
+    // Last: stops the server and checks its audit log against every request sent above.
+    auditLogTest(() => rs, {
+      minimum: {
+        allowedWithPrincipal: 26, missing_credentials: 2, invalid_signature: 4, algorithm_not_allowed: 2,
+        wrong_audience: 1, malformed_token: 3, token_in_query: 1, form_encoded_body: 1,
+        malformed_authorization: 1, dpop_not_enabled: 1,
+      },
     });
   });
 }

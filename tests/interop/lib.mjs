@@ -1,9 +1,10 @@
 // Helpers for the interop tests (*.test.mjs): child processes, tokens from the
-// oidc-provider AS (as.mjs), a minimal MCP streamable-HTTP client, token tampering.
+// oidc-provider AS (as.mjs), a minimal MCP streamable-HTTP client, token tampering, and
+// for the audit-log checks (audit.mjs) the per-server request ledger and the SECRETS set.
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { createPublicKey } from 'node:crypto';
-import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { createHash, createPublicKey } from 'node:crypto';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -50,10 +51,21 @@ for (const sig of ['SIGINT', 'SIGTERM']) {
   });
 }
 
-export async function stopChild(child, graceMs = 3000) {
+/**
+ * SIGTERM, then waits up to `graceMs` for the exit; SIGKILL after that. Resolves to
+ * `{ code, signal, forced }` (`forced`: it had to be SIGKILLed). Idempotent: a second call
+ * returns the first one's promise.
+ */
+export function stopChild(child, graceMs = 3000) {
+  child.stopping ??= stopChildOnce(child, graceMs);
+  return child.stopping;
+}
+
+async function stopChildOnce(child, graceMs) {
+  const outcome = (forced) => ({ code: child.exitCode, signal: child.signalCode, forced });
   if (child.exitCode !== null || child.signalCode !== null) {
     children.delete(child);
-    return;
+    return outcome(false);
   }
   child.stoppedOnPurpose = true;
   const exited = new Promise((resolve) => child.once('exit', resolve));
@@ -62,12 +74,15 @@ export async function stopChild(child, graceMs = 3000) {
   const timedOut = new Promise((resolve) => {
     timer = setTimeout(() => resolve('timeout'), graceMs);
   });
+  let forced = false;
   if ((await Promise.race([exited, timedOut])) === 'timeout') {
+    forced = true;
     child.kill('SIGKILL');
     await Promise.race([exited, new Promise((r) => setTimeout(r, graceMs))]);
   }
   clearTimeout(timer);
   children.delete(child);
+  return outcome(forced);
 }
 
 // eslint-disable-next-line no-control-regex
@@ -186,8 +201,14 @@ export async function startAuthorizationServer(alg) {
   return { child, log, issuer: match[1] };
 }
 
+/** Grace period between SIGTERM and SIGKILL for notes_server (it flushes its audit log). */
+export const NOTES_SERVER_STOP_GRACE_MS = 10_000;
+
 /**
  * Starts examples/notes_server on a free port, trusting `issuer` (keys from its /jwks).
+ * It always writes an audit log (`--audit-log`) to a fresh temporary file, `auditLog` in
+ * the result; `requests` is the ledger of every request this process sent to it (see
+ * trackRequest). Stop it with stopNotesServer (or stopChild) before reading the log.
  *
  * Options (all optional, for the policy tests):
  *   args     extra command-line arguments, e.g. ['--sessions']
@@ -207,17 +228,21 @@ export async function startNotesServer(issuer, { args: extraArgs = [], config } 
       const trust = config === undefined
         ? ['--issuer', issuer, '--jwks-uri', `${issuer}/jwks`]
         : ['--config', writeTempConfig(config(resource, issuer))];
+      const auditLog = path.join(tempDir(), 'audit.jsonl');
       const { child, match, log } = await spawnUntil('notes_server', bin, [
         '--listen', `127.0.0.1:${port}`,
         '--resource', resource,
         ...trust,
+        '--audit-log', auditLog,
         ...extraArgs,
       ], { ready: /listening on http:\/\/(\[[0-9A-Fa-f:]+\]:\d+|[0-9A-Za-z.-]+:\d+)/ });
       const addr = match[1];
       assert.equal(addr.replace(/\/+$/, ''), `127.0.0.1:${port}`, `notes_server listens on ${addr}, expected port ${port}`);
-      return {
-        child, log, port, resource, origin: `http://127.0.0.1:${port}`,
+      const server = {
+        child, log, port, resource, origin: `http://127.0.0.1:${port}`, auditLog, requests: [],
       };
+      notesServers.set(server.origin, server);
+      return server;
     } catch (err) {
       lastErr = err;
       // Only a lost race for the port is worth another try.
@@ -227,17 +252,196 @@ export async function startNotesServer(issuer, { args: extraArgs = [], config } 
   throw lastErr;
 }
 
+/**
+ * Stops a notes_server started by startNotesServer: SIGTERM (it shuts down gracefully and
+ * flushes its audit log), SIGKILL after NOTES_SERVER_STOP_GRACE_MS. Resolves to
+ * `{ code, signal, forced }`.
+ */
+export function stopNotesServer(server) {
+  return stopChild(server.child, NOTES_SERVER_STOP_GRACE_MS);
+}
+
+/** The audit log of a stopped notes_server: its text and the parsed events (one a line). */
+export function readAuditLog(server) {
+  const text = existsSync(server.auditLog) ? readFileSync(server.auditLog, 'utf8') : '';
+  const lines = text.split('\n');
+  assert.equal(lines.pop(), '', `${server.auditLog}: ends with a newline (or is empty)`);
+  const events = lines.map((line, i) => {
+    try {
+      return JSON.parse(line);
+    } catch (err) {
+      throw new Error(`${server.auditLog}:${i + 1}: not JSON (${err.message}): ${line.slice(0, 200)}`);
+    }
+  });
+  return { text, events };
+}
+
+// INTEROP_KEEP_AUDIT=1 keeps the temporary directories (audit logs, configs) and prints them.
 const tempDirs = [];
 process.once('exit', () => {
-  for (const dir of tempDirs) rmSync(dir, { recursive: true, force: true });
+  for (const dir of tempDirs) {
+    if (process.env.INTEROP_KEEP_AUDIT) process.stderr.write(`[interop] kept ${dir}\n`);
+    else rmSync(dir, { recursive: true, force: true });
+  }
 });
 
-function writeTempConfig(text) {
+function tempDir() {
   const dir = mkdtempSync(path.join(os.tmpdir(), 'tower-mcp-auth-interop-'));
   tempDirs.push(dir);
-  const file = path.join(dir, 'notes_server.toml');
+  return dir;
+}
+
+function writeTempConfig(text) {
+  const file = path.join(tempDir(), 'notes_server.toml');
   writeFileSync(file, text);
   return file;
+}
+
+// ---------------------------------------------------------------------------
+// secrets: what no audit log may contain
+
+/**
+ * Every access token, client secret and Authorization header value this process used or
+ * received (tokens from the AS, tampered and garbage tokens, header values sent). getToken,
+ * the tampering helpers and every tracked request add to it; audit logs are checked against
+ * it (audit.mjs).
+ */
+export const SECRETS = new Set([CLIENT_SECRET, CLIENT_SECRET_2]);
+
+/** Adds `value` (if a non-empty string) to SECRETS; returns it. */
+export function recordSecret(value) {
+  if (typeof value === 'string' && value !== '') SECRETS.add(value);
+  return value;
+}
+
+/** An Authorization value and the credentials in it (for Basic also the decoded pair). */
+export function recordAuthorization(value) {
+  if (typeof value !== 'string' || value === '') return;
+  recordSecret(value);
+  const m = /^([!#$%&'*+.^_`|~0-9A-Za-z-]+)[ \t]+(.*)$/.exec(value);
+  if (!m) return;
+  recordSecret(m[2].trim());
+  if (/^basic$/i.test(m[1])) {
+    const pair = Buffer.from(m[2].trim(), 'base64').toString('utf8');
+    recordSecret(pair);
+    if (pair.includes(':')) recordSecret(pair.slice(pair.indexOf(':') + 1));
+  }
+}
+
+// ---------------------------------------------------------------------------
+// request ledger: every request sent to a notes_server of this process
+
+/** origin → the server object of startNotesServer. */
+const notesServers = new Map();
+let requestCounter = 0;
+
+/** base64url(SHA-256(text)): token thumbprints and session id hashes in audit events. */
+export const sha256b64u = (text) => createHash('sha256').update(text, 'utf8').digest('base64url');
+
+/** All values of header `name` in a Headers or a plain object (values may be arrays). */
+function headerValues(headers, name) {
+  if (!headers) return [];
+  if (headers instanceof Headers) {
+    const v = headers.get(name);
+    return v === null ? [] : [v];
+  }
+  const out = [];
+  for (const [k, v] of Object.entries(headers)) {
+    if (k.toLowerCase() !== name || v === undefined || v === null) continue;
+    out.push(...(Array.isArray(v) ? v.map(String) : [String(v)]));
+  }
+  return out;
+}
+
+/**
+ * Records one request about to be sent: the credentials in it go to SECRETS, and if `url`
+ * is a notes_server of this process, an entry is appended to its `requests` ledger and
+ * returned (else undefined). The caller must send `x-request-id: entry.id` (the audit
+ * event's `request_id`) and call finishRequest with what it got back. `entry.expect` may
+ * be filled in (expectAudit) with what the audit event must say.
+ */
+export function trackRequest(url, { method = 'GET', headers, body } = {}) {
+  for (const v of headerValues(headers, 'authorization')) recordAuthorization(v);
+  const u = new URL(url);
+  const server = notesServers.get(u.origin);
+  if (!server) return undefined;
+  requestCounter += 1;
+  const authorization = headerValues(headers, 'authorization');
+  const bearer = authorization.length === 1 ? /^bearer[ \t]+(\S+)[ \t]*$/i.exec(authorization[0])?.[1] : undefined;
+  const entry = {
+    id: `interop-${process.pid}-${requestCounter}`,
+    method: method.toUpperCase(),
+    path: u.pathname,
+    authorization,
+    bearer,
+    sessionIds: headerValues(headers, 'mcp-session-id'),
+    body: typeof body === 'string' ? body : undefined,
+    status: undefined,
+    wwwAuthenticate: null,
+    error: undefined,
+    expect: {},
+  };
+  server.requests.push(entry);
+  return entry;
+}
+
+/** What the client saw: the status and the WWW-Authenticate header (or the error). */
+export function finishRequest(entry, { status, wwwAuthenticate = null, error } = {}) {
+  if (!entry) return;
+  if (error !== undefined) {
+    entry.error = error;
+    return;
+  }
+  entry.status = status;
+  entry.wwwAuthenticate = wwwAuthenticate;
+}
+
+/** Adds to what the audit event of a tracked request must say (see audit.mjs). */
+export function expectAudit(res, expect) {
+  assert.ok(res?.audit, 'expectAudit: a response of a tracked request to a notes_server');
+  Object.assign(res.audit.expect, expect);
+  return res;
+}
+
+const ledgerEntries = new WeakMap();
+
+/** The ledger entry of a Response returned by trackedFetch (undefined for other hosts). */
+export const ledgerEntry = (res) => ledgerEntries.get(res);
+
+/**
+ * fetch that tracks requests to notes_servers (adds `x-request-id`, see trackRequest) and
+ * records every credential it sends or receives (Authorization, a form `client_secret`,
+ * the tokens of a JSON token response).
+ */
+export async function trackedFetch(input, init = {}) {
+  if (input instanceof Request) throw new Error('trackedFetch: pass a URL and init, not a Request');
+  const url = String(input);
+  const method = (init.method ?? 'GET').toUpperCase();
+  const headers = new Headers(init.headers);
+  let form;
+  if (init.body instanceof URLSearchParams) form = init.body;
+  else if (typeof init.body === 'string' && /x-www-form-urlencoded/i.test(headers.get('content-type') ?? '')) form = new URLSearchParams(init.body);
+  recordSecret(form?.get('client_secret') ?? undefined);
+  const entry = trackRequest(url, { method, headers, body: init.body });
+  if (entry) headers.set('x-request-id', entry.id);
+  let res;
+  try {
+    res = await fetch(url, { ...init, headers });
+  } catch (err) {
+    finishRequest(entry, { error: err });
+    throw err;
+  }
+  finishRequest(entry, { status: res.status, wwwAuthenticate: res.headers.get('www-authenticate') });
+  if (entry) ledgerEntries.set(res, entry);
+  if (!entry && /json/i.test(res.headers.get('content-type') ?? '') && /\/token$/.test(new URL(url).pathname)) {
+    try {
+      const json = await res.clone().json();
+      for (const key of ['access_token', 'refresh_token', 'id_token']) recordSecret(json[key]);
+    } catch {
+      // not a token response
+    }
+  }
+  return res;
 }
 
 // ---------------------------------------------------------------------------
@@ -269,10 +473,12 @@ export async function getToken(issuer, {
     body.set('client_id', clientId);
     body.set('client_secret', clientSecret);
   }
-  const res = await fetch(`${issuer}/token`, {
+  recordSecret(clientSecret);
+  const res = await trackedFetch(`${issuer}/token`, {
     method: 'POST', headers, body, signal: AbortSignal.timeout(REQUEST_TIMEOUT_MS),
   });
   const json = await res.json();
+  recordSecret(json.access_token);
   assert.equal(res.status, 200, `token endpoint: ${res.status} ${JSON.stringify(json)}`);
   assert.equal(json.token_type, 'Bearer');
   return json;
@@ -313,10 +519,11 @@ export async function mcpPost(url, message, { token, sessionId, protocolVersion,
   const controller = new AbortController();
   const timer = setTimeout(() => controller.abort(new Error(`timeout: POST ${url} ${message.method}`)), REQUEST_TIMEOUT_MS);
   try {
-    const res = await fetch(url, {
+    const res = await trackedFetch(url, {
       method: 'POST', headers, body: JSON.stringify(message), signal: controller.signal,
     });
     const out = {
+      audit: ledgerEntry(res),
       status: res.status,
       headers: res.headers,
       wwwAuthenticate: res.headers.get('www-authenticate'),
@@ -401,26 +608,26 @@ export function resultText(result) {
 
 export function withPayload(token, change) {
   const { header, payload, parts } = decodeJwt(token);
-  return `${parts[0]}.${b64u.fromJson(change({ ...payload }, header))}.${parts[2]}`;
+  return recordSecret(`${parts[0]}.${b64u.fromJson(change({ ...payload }, header))}.${parts[2]}`);
 }
 
 export function withFlippedSignatureBit(token) {
   const { parts } = decodeJwt(token);
   const sig = b64u.dec(parts[2]);
   sig[Math.floor(sig.length / 2)] ^= 0x01;
-  return `${parts[0]}.${parts[1]}.${b64u.enc(sig)}`;
+  return recordSecret(`${parts[0]}.${parts[1]}.${b64u.enc(sig)}`);
 }
 
 export function withAlgNone(token) {
   const { header, parts } = decodeJwt(token);
-  return `${b64u.fromJson({ ...header, alg: 'none' })}.${parts[1]}.`;
+  return recordSecret(`${b64u.fromJson({ ...header, alg: 'none' })}.${parts[1]}.`);
 }
 
 /** Same header (kid included) and claims, signed by a key the AS never published. */
 export async function withForeignKey(token) {
   const { header, payload } = decodeJwt(token);
   const { privateKey } = await generateKeyPair(header.alg);
-  return new SignJWT(payload).setProtectedHeader(header).sign(privateKey);
+  return recordSecret(await new SignJWT(payload).setProtectedHeader(header).sign(privateKey));
 }
 
 /** Classic alg confusion: HS256 keyed with the AS's published public key (as PEM). */
@@ -430,7 +637,7 @@ export async function withHs256FromPublicKey(token, issuer) {
   const jwk = jwks.keys.find((k) => k.kid === header.kid);
   assert.ok(jwk, `kid ${header.kid} is in the JWKS`);
   const pem = createPublicKey({ key: jwk, format: 'jwk' }).export({ type: 'spki', format: 'pem' });
-  return new SignJWT(payload).setProtectedHeader({ ...header, alg: 'HS256' }).sign(new TextEncoder().encode(pem));
+  return recordSecret(await new SignJWT(payload).setProtectedHeader({ ...header, alg: 'HS256' }).sign(new TextEncoder().encode(pem)));
 }
 
 // ---------------------------------------------------------------------------
@@ -544,7 +751,7 @@ export async function httpRequest(url, { method = 'POST', headers = {}, body } =
   const controller = new AbortController();
   const timer = setTimeout(() => controller.abort(new Error(`timeout: ${method} ${url}`)), REQUEST_TIMEOUT_MS);
   try {
-    const res = await fetch(url, {
+    const res = await trackedFetch(url, {
       method, headers, body, signal: controller.signal,
     });
     const type = (res.headers.get('content-type') || '').toLowerCase();
@@ -571,7 +778,7 @@ export async function httpRequest(url, { method = 'POST', headers = {}, body } =
       json = undefined;
     }
     return {
-      status: res.status, headers: res.headers, wwwAuthenticate: res.headers.get('www-authenticate'), text, json,
+      audit: ledgerEntry(res), status: res.status, headers: res.headers, wwwAuthenticate: res.headers.get('www-authenticate'), text, json,
     };
   } finally {
     clearTimeout(timer);

@@ -21,9 +21,10 @@ import { gzipSync } from 'node:zlib';
 
 import {
   CLIENT_ID, CLIENT_ID_2, CLIENT_SECRET_2, PROTOCOL_VERSION, REQUEST_TIMEOUT_MS,
-  bearerChallenge, getToken, httpRequest, initializeRequest, mcpPost, openSession, resultText, rpc,
-  startAuthorizationServer, startNotesServer, stopChild,
+  bearerChallenge, expectAudit, finishRequest, getToken, httpRequest, initializeRequest, mcpPost, openSession,
+  resultText, rpc, startAuthorizationServer, startNotesServer, stopChild, trackRequest,
 } from './lib.mjs';
+import { auditLogTest } from './audit.mjs';
 
 const SUITE_TIMEOUT_MS = 180_000;
 const ALG = 'ES256';
@@ -101,6 +102,8 @@ function postEarlyAnswer(url, { headers, body, mode, sendBytes }) {
   return new Promise((resolve, reject) => {
     const u = new URL(url);
     const hdrs = { ...headers };
+    const entry = trackRequest(url, { method: 'POST', headers: hdrs });
+    if (entry) hdrs['x-request-id'] = entry.id;
     if (mode === 'expect-continue') {
       hdrs.expect = '100-continue';
       hdrs['content-length'] = String(body.length);
@@ -133,7 +136,9 @@ function postEarlyAnswer(url, { headers, body, mode, sendBytes }) {
         } catch {
           json = undefined;
         }
+        finishRequest(entry, { status: res.statusCode, wwwAuthenticate: res.headers['www-authenticate'] ?? null });
         resolve({
+          audit: entry,
           status: res.statusCode,
           headers: new Headers(Object.entries(res.headers).map(([k, v]) => [k, Array.isArray(v) ? v.join(', ') : v])),
           wwwAuthenticate: res.headers['www-authenticate'] ?? null,
@@ -146,6 +151,7 @@ function postEarlyAnswer(url, { headers, body, mode, sendBytes }) {
     req.on('error', (err) => {
       if (!answered) {
         clearTimeout(timer);
+        finishRequest(entry, { error: err });
         reject(err);
       }
     });
@@ -174,15 +180,41 @@ const needsScope = (scope, id) => ({
 /** 403 without `error` and `scope` (no scope cures it), JSON-RPC error echoing `id`. */
 const denied = (id) => ({ kind: 'denied', status: 403, id });
 /** A 400/413 refusal before any decision: no challenge, JSON-RPC error with id null. */
-const unreadable = ({ status = 400, code = -32600 } = {}) => ({ kind: 'unreadable', status, code });
+const unreadable = ({ status = 400, code = -32600, reason } = {}) => ({
+  kind: 'unreadable',
+  status,
+  code,
+  // the audit event's reason code
+  reason: reason ?? (status === 413 ? 'body_too_large' : code === -32020 ? 'header_mismatch' : 'malformed_message'),
+});
 /** Let through to rmcp: whatever it answers, it is not 401/403 and carries no challenge. */
 const passes = () => ({ kind: 'passes' });
 /** 401 without `error`, with resource_metadata. */
 const unauthenticated = () => ({ kind: 'unauthenticated', status: 401 });
 
+/** What the audit event of a case must say (decision, reason code). */
+function auditExpectation(e) {
+  switch (e.kind) {
+    case 'allowed':
+    case 'passes':
+      return { decision: 'allow', principal: true };
+    case 'scope':
+      return { decision: 'deny', reason: 'insufficient_scope', requiredScopes: e.scope, principal: true };
+    case 'denied':
+      return { decision: 'deny', reason: 'access_denied', principal: true };
+    case 'unreadable':
+      return { decision: 'deny', reason: e.reason, principal: true };
+    case 'unauthenticated':
+      return { decision: 'deny', reason: 'missing_credentials' };
+    default:
+      throw new Error(`unknown expectation ${e.kind}`);
+  }
+}
+
 function checkExpectation(stack, c, res) {
   const what = `${c.name}: ${describeResponse(res)}`;
   const e = c.expect;
+  if (res.audit) expectAudit(res, auditExpectation(e));
   switch (e.kind) {
     case 'allowed': {
       assert.equal(res.status, 200, what);
@@ -308,8 +340,8 @@ const CASES = [
   { name: 'duplicated method, the second one escaped', token: 'read', request: { body: '{"jsonrpc":"2.0","id":37,"method":"tools/list","m\\u0065thod":"tools/call","params":{"name":"add_note","arguments":{"text":"x"}}}' }, expect: unreadable() },
   { name: 'duplicated params.name', token: 'read', request: { body: '{"jsonrpc":"2.0","id":38,"method":"tools/call","params":{"name":"list_notes","name":"add_note","arguments":{"text":"x"}}}' }, expect: unreadable() },
   { name: 'a byte order mark', token: 'read', request: { body: Buffer.concat([Buffer.from([0xef, 0xbb, 0xbf]), Buffer.from(JSON.stringify(call(39, 'list_notes')))]) }, expect: unreadable() },
-  { name: 'Content-Encoding: gzip', token: 'read', request: { body: gzipSync(JSON.stringify(call(40, 'list_notes'))), headers: { 'content-encoding': 'gzip' } }, expect: unreadable() },
-  { name: 'Content-Type: text/plain', token: 'read', request: { body: JSON.stringify(call(41, 'list_notes')), headers: { 'content-type': 'text/plain' } }, expect: unreadable() },
+  { name: 'Content-Encoding: gzip', token: 'read', request: { body: gzipSync(JSON.stringify(call(40, 'list_notes'))), headers: { 'content-encoding': 'gzip' } }, expect: unreadable({ reason: 'unsupported_content' }) },
+  { name: 'Content-Type: text/plain', token: 'read', request: { body: JSON.stringify(call(41, 'list_notes')), headers: { 'content-type': 'text/plain' } }, expect: unreadable({ reason: 'unsupported_content' }) },
   { name: '10 000-deep nesting in arguments', token: 'read', request: { body: `{"jsonrpc":"2.0","id":42,"method":"tools/call","params":{"name":"list_notes","arguments":{"a":${deep(10_000)}}}}` }, expect: unreadable() },
   { name: 'a non-object body (42)', token: 'read', request: { body: '42' }, expect: unreadable() },
   { name: 'an empty batch []', token: 'read', request: { body: '[]' }, expect: unreadable() },
@@ -403,6 +435,14 @@ describe(`policy layer: case table (stateless JSON, ${ALG})`, { timeout: SUITE_T
     const list = await mcpPost(stack.url, rpc('tools/call', { name: 'list_notes', arguments: {} }), { token: stack.tokens.read, protocolVersion: PROTOCOL_VERSION });
     assert.equal(list.status, 200, describeResponse(list));
     assert.ok(!resultText(list.response.result).includes(marker), 'the refused note is not stored');
+  });
+
+  // Last: stops the server and checks its audit log against every request of the table.
+  auditLogTest(() => stack?.rs, {
+    minimum: {
+      allowedWithPrincipal: 20, stepUpTool: 5, insufficient_scope: 12, access_denied: 4,
+      missing_credentials: 2, malformed_message: 5, body_too_large: 2, header_mismatch: 4,
+    },
   });
 });
 
@@ -505,6 +545,7 @@ describe(`policy layer: listing filter (stateless JSON, ${ALG})`, { timeout: SUI
     await stopStack(stack);
   });
   listingTests(() => stack, async (tokenKey) => ({ token: stack.tokens[tokenKey], protocolVersion: PROTOCOL_VERSION }));
+  auditLogTest(() => stack?.rs, { minimum: { allowedWithPrincipal: 10 } });
 });
 
 // ---------------------------------------------------------------------------
@@ -552,6 +593,7 @@ describe(`policy layer: --sessions (stateful, SSE, ${ALG})`, { timeout: SUITE_TI
     });
 
     const assertNotFound = (res, what) => {
+      expectAudit(res, { decision: 'deny', reason: 'session_not_owned', principal: true });
       assert.equal(res.status, 404, `${what}: ${describeResponse(res)}`);
       assert.equal(res.wwwAuthenticate, null, `${what}: no challenge`);
     };
@@ -615,12 +657,24 @@ describe(`policy layer: --sessions (stateful, SSE, ${ALG})`, { timeout: SUITE_TI
       const byA = await raw('DELETE', sessionA.token, sessionA.sessionId);
       assert.ok(byA.status >= 200 && byA.status < 300, `DELETE by A: ${describeResponse(byA)}`);
       const gone = await mcpPost(stack.url, rpc('tools/list'), sessionA);
+      expectAudit(gone, { decision: 'allow', principal: true }); // rmcp's 404, not the layers'
       assert.ok(gone.status >= 400 && ![401, 403].includes(gone.status), `A's deleted session is unusable: ${describeResponse(gone)}`);
     });
 
     it("two Mcp-Session-Id headers (B's own, then A's) → 400, not routed", async () => {
       const { session: sessionB } = await openSession(stack.url, tokenB);
       const body = JSON.stringify(msg(203, 'tools/list'));
+      const headers = {
+        accept: 'application/json, text/event-stream',
+        'content-type': 'application/json',
+        'content-length': Buffer.byteLength(body),
+        authorization: `Bearer ${tokenB}`,
+        'mcp-protocol-version': sessionA.protocolVersion,
+        // node:http sends an array as repeated header lines
+        'mcp-session-id': [sessionB.sessionId, sessionA.sessionId],
+      };
+      const entry = trackRequest(stack.url, { method: 'POST', headers, body });
+      headers['x-request-id'] = entry.id;
       const res = await new Promise((resolve, reject) => {
         const u = new URL(stack.url);
         const req = http.request({
@@ -628,15 +682,7 @@ describe(`policy layer: --sessions (stateful, SSE, ${ALG})`, { timeout: SUITE_TI
           port: u.port,
           path: u.pathname,
           method: 'POST',
-          headers: {
-            accept: 'application/json, text/event-stream',
-            'content-type': 'application/json',
-            'content-length': Buffer.byteLength(body),
-            authorization: `Bearer ${tokenB}`,
-            'mcp-protocol-version': sessionA.protocolVersion,
-            // node:http sends an array as repeated header lines
-            'mcp-session-id': [sessionB.sessionId, sessionA.sessionId],
-          },
+          headers,
           timeout: REQUEST_TIMEOUT_MS,
         }, (r) => {
           let text = '';
@@ -645,9 +691,14 @@ describe(`policy layer: --sessions (stateful, SSE, ${ALG})`, { timeout: SUITE_TI
           r.on('end', () => resolve({ status: r.statusCode, wwwAuthenticate: r.headers['www-authenticate'] ?? null, text }));
         });
         req.on('timeout', () => req.destroy(new Error('timeout')));
-        req.on('error', reject);
+        req.on('error', (err) => {
+          finishRequest(entry, { error: err });
+          reject(err);
+        });
         req.end(body);
       });
+      finishRequest(entry, res);
+      expectAudit({ audit: entry }, { decision: 'deny', reason: 'malformed_message', principal: true });
       assert.equal(res.status, 400, `${res.status} ${res.text}`);
       assert.equal(res.wwwAuthenticate, null);
       const parsed = JSON.parse(res.text);
@@ -657,9 +708,12 @@ describe(`policy layer: --sessions (stateful, SSE, ${ALG})`, { timeout: SUITE_TI
 
     it('a request without a session id in stateful mode is not an authorization failure', async () => {
       const res = await mcpPost(stack.url, rpc('tools/list'), { token: stack.tokens.read, protocolVersion: PROTOCOL_VERSION });
+      expectAudit(res, { decision: 'allow', principal: true }); // rmcp's answer, not the layers'
       assert.ok(![401, 403].includes(res.status), describeResponse(res));
     });
   });
+
+  auditLogTest(() => stack?.rs, { minimum: { allowedWithPrincipal: 10, session_not_owned: 6, stepUpTool: 1 } });
 });
 
 // ---------------------------------------------------------------------------
@@ -732,4 +786,6 @@ delete_note = ["notes:admin"]
     const res = await mcpPost(stack.url, initializeRequest(), { token: stack.tokens.none });
     assert.equal(res.status, 200, describeResponse(res));
   });
+
+  auditLogTest(() => stack?.rs, { minimum: { allowedWithPrincipal: 4, insufficient_scope: 4, access_denied: 1 } });
 });

@@ -23,14 +23,19 @@ import { ClientCredentialsProvider } from '@modelcontextprotocol/sdk/client/auth
 import {
   CLIENT_ID, CLIENT_SECRET,
   bearerChallenge, decodeJwt, resultText,
-  startAuthorizationServer, startNotesServer, stopChild,
+  startAuthorizationServer, startNotesServer, stopChild, trackedFetch,
 } from './lib.mjs';
+import { auditLogTest } from './audit.mjs';
 
 const SUITE_TIMEOUT_MS = 180_000;
 const CALL_TIMEOUT_MS = 20_000;
 const ALG = 'ES256';
 
-/** Wraps fetch: records every request the SDK makes (URL, method, status, challenge, form). */
+/**
+ * Wraps fetch: records every request the SDK makes (URL, method, status, challenge, form).
+ * Goes through lib.mjs's trackedFetch, so requests to notes_server are in its ledger (for
+ * the audit-log check) and every credential is recorded.
+ */
 function tracingFetch() {
   const log = [];
   const hooks = [];
@@ -53,7 +58,7 @@ function tracingFetch() {
       }
     }
     const headers = new Headers(init.headers);
-    const res = await fetch(input, { ...init, signal: init.signal ?? AbortSignal.timeout(CALL_TIMEOUT_MS) });
+    const res = await trackedFetch(input, { ...init, signal: init.signal ?? AbortSignal.timeout(CALL_TIMEOUT_MS) });
     const entry = {
       method,
       url: String(url),
@@ -311,5 +316,14 @@ describe(`TypeScript MCP SDK client against notes_server (${ALG})`, { timeout: S
       assert.equal(bearerChallenge(delCalls[0].wwwAuthenticate).scope, 'notes:admin');
       assert.deepEqual(scopeSet(scopeClaim(bearerOf(delCalls[1]))), ['notes:admin', 'notes:read', 'notes:write']);
     });
+  });
+
+  // Last: closes the SDK clients, stops the server and checks its audit log against every
+  // request the SDK sent to it.
+  auditLogTest(() => rs, {
+    beforeStop: () => Promise.all(clients.map((c) => c.close().catch(() => {}))),
+    minimum: {
+      allowedWithPrincipal: 8, missing_credentials: 3, stepUpTool: 4,
+    },
   });
 });

@@ -1,0 +1,260 @@
+// Audit-log checks for the interop suites. Every notes_server the suites start writes its
+// audit log (`--audit-log`, a fresh temporary file, see lib.mjs); each suite ends with
+// `auditLogTest(...)`, which stops its server (SIGTERM: graceful shutdown flushes the log)
+// and compares the log with the ledger of requests the suite sent to that server:
+//
+//   - exactly one event per request, matched by `request_id` (the `x-request-id` every
+//     tracked request carries), `schema: 1`, unique UUID `event_id`s;
+//   - `http` = the method, path and status the client saw; `resource`, `remote_addr`, `time`;
+//   - `decision: "deny"` iff `reason` is present; 401/403/413/503 are denials, 2xx are not;
+//     the reason code where the test knows it (`expectAudit`), else as implied by the
+//     response (no credentials → missing_credentials, insufficient_scope challenge, 403
+//     without `error` → access_denied);
+//   - a step-up (403 insufficient_scope): `required_scopes` = the challenge's `scope`, `mcp`
+//     = the operations of the body (so `mcp[0].target` is the tool);
+//   - a request with a valid token: `principal` (issuer, subject, client_id, scopes) and
+//     `token` (jti, thumbprint = base64url(SHA-256(token)), binding) match the token sent;
+//     without a valid token neither is present; `session` = base64url(SHA-256(Mcp-Session-Id));
+//   - no credential at all in the file: no value of lib.mjs's SECRETS (nor a token's
+//     signature segment or first 40 characters), no `Bearer `, no raw Mcp-Session-Id.
+import { it } from 'node:test';
+import assert from 'node:assert/strict';
+
+import {
+  SECRETS, bearerChallenge, decodeJwt, readAuditLog, sha256b64u, stopNotesServer,
+} from './lib.mjs';
+
+/** Reasons of the token layer: no principal is established. */
+const TOKEN_REASONS = new Set([
+  'missing_credentials', 'multiple_credentials', 'malformed_authorization', 'token_in_query',
+  'form_encoded_body', 'dpop_not_enabled', 'malformed_token', 'token_too_large',
+  'wrong_token_type', 'algorithm_not_allowed', 'unsupported_critical_header', 'unknown_key',
+  'invalid_signature', 'untrusted_issuer', 'wrong_audience', 'expired', 'not_yet_valid',
+  'issued_in_future', 'lifetime_too_long', 'missing_claim', 'invalid_claim',
+  'missing_proof_of_possession', 'revoked', 'keys_unavailable', 'audit_unavailable',
+]);
+/** Reasons of the policy layer that come after the body was classified (`mcp` is filled). */
+const DECIDED_REASONS = new Set(['insufficient_scope', 'access_denied']);
+
+const METADATA_PREFIX = '/.well-known/oauth-protected-resource';
+const UUID_V4 = /^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/;
+const RFC3339_MICROS_UTC = /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$/;
+
+/** The strings no audit log may contain, each with what it is. */
+export function secretNeedles() {
+  const needles = new Map();
+  for (const value of SECRETS) {
+    needles.set(value, 'a recorded secret');
+    const segments = value.split('.');
+    // Short segments (garbage tokens like "not.a.jwt") would match innocent text.
+    if (segments.length > 1 && segments.at(-1).length >= 16) needles.set(segments.at(-1), 'a token signature segment');
+    if (value.length > 40) needles.set(value.slice(0, 40), 'the first 40 characters of a secret');
+  }
+  return needles;
+}
+
+/** Asserts that `text` contains no recorded secret and no `Bearer `. */
+export function assertNoSecrets(text, where) {
+  assert.ok(!text.includes('Bearer '), `${where} contains "Bearer "`);
+  const leaks = [];
+  for (const [needle, what] of secretNeedles()) {
+    if (text.includes(needle)) leaks.push(`${what}: ${needle.slice(0, 24)}…`);
+  }
+  assert.deepEqual(leaks, [], `${where} leaks credentials`);
+}
+
+/** The operations an audit event should list for a JSON-RPC body (undefined if unreadable). */
+function operationsOf(body) {
+  if (body === undefined) return undefined;
+  let parsed;
+  try {
+    parsed = JSON.parse(body);
+  } catch {
+    return undefined;
+  }
+  const messages = Array.isArray(parsed) ? parsed : [parsed];
+  return messages.map((m) => {
+    const method = typeof m.method === 'string' ? m.method : '';
+    const p = m.params ?? {};
+    let target = null;
+    if (method === 'tools/call' || method === 'prompts/get') target = p.name ?? null;
+    else if (['resources/read', 'resources/subscribe', 'resources/unsubscribe'].includes(method)) target = p.uri ?? null;
+    else if (method === 'completion/complete') target = p.ref?.name ?? p.ref?.uri ?? null;
+    return { method, target };
+  });
+}
+
+function expectedPrincipal(token) {
+  const { payload } = decodeJwt(token);
+  return {
+    principal: {
+      issuer: payload.iss,
+      subject: payload.sub,
+      client_id: payload.client_id ?? null,
+      delegation_chain: [],
+      scopes: [...new Set(String(payload.scope ?? '').split(' ').filter(Boolean))].sort(),
+    },
+    token: {
+      jti: payload.jti ?? null,
+      thumbprint: sha256b64u(token),
+      binding: 'bearer',
+      key_thumbprint: null,
+    },
+  };
+}
+
+/** Checks one event against the request it records; returns a short classification. */
+function checkEvent(server, req, ev) {
+  const what = `${req.method} ${req.path} (${req.id}, status ${req.status})`;
+  const at = (s) => `${what}: ${s} in ${JSON.stringify(ev)}`;
+
+  assert.equal(ev.schema, 1, at('schema'));
+  assert.match(ev.event_id, UUID_V4, at('event_id'));
+  assert.equal(ev.request_id, req.id, at('request_id'));
+  assert.match(ev.time, RFC3339_MICROS_UTC, at('time'));
+  assert.deepEqual(ev.http, { method: req.method, path: req.path, status: req.status }, at('http'));
+  assert.equal(ev.resource, server.resource, at('resource'));
+  assert.match(ev.remote_addr ?? '', /^127\.0\.0\.1:\d+$/, at('remote_addr'));
+  assert.ok(Number.isInteger(ev.latency_us) && ev.latency_us >= 0, at('latency_us'));
+  assert.equal(ev.arguments, null, at('arguments (no redaction hook configured)'));
+
+  // decision and reason
+  assert.ok(['allow', 'deny'].includes(ev.decision), at('decision'));
+  const hasReason = typeof ev.reason === 'string' && ev.reason !== '';
+  assert.equal(ev.decision === 'deny', hasReason, at('decision "deny" iff a reason'));
+  if (!hasReason) assert.equal(ev.reason, null, at('reason'));
+  if ([401, 403, 413, 503].includes(req.status)) assert.equal(ev.decision, 'deny', at('a 401/403/413/503 is a denial'));
+  if (req.status >= 200 && req.status < 300) assert.equal(ev.decision, 'allow', at('a 2xx is allowed'));
+  if (req.expect.decision) assert.equal(ev.decision, req.expect.decision, at('decision'));
+
+  let challenge;
+  if (req.wwwAuthenticate !== null) challenge = bearerChallenge(req.wwwAuthenticate);
+  let reason = req.expect.reason;
+  if (reason === undefined) {
+    if (req.status === 401 && req.authorization.length === 0) reason = 'missing_credentials';
+    else if (req.status === 403 && challenge?.error === 'insufficient_scope') reason = 'insufficient_scope';
+    else if (req.status === 403 && challenge && challenge.error === undefined) reason = 'access_denied';
+  }
+  if (reason !== undefined) assert.equal(ev.reason, reason, at('reason'));
+
+  // step-up: the scopes of the challenge
+  if (ev.reason === 'insufficient_scope') {
+    assert.ok(challenge?.scope, at('an insufficient_scope event answers a challenge with scope'));
+    assert.deepEqual(ev.required_scopes, challenge.scope.split(' '), at(`required_scopes = challenge scope "${challenge.scope}"`));
+    if (req.expect.requiredScopes !== undefined) {
+      const set = (list) => [...new Set(list)].sort();
+      assert.deepEqual(set(ev.required_scopes), set(req.expect.requiredScopes.split(' ')), at('required_scopes'));
+    }
+  } else {
+    assert.deepEqual(ev.required_scopes, [], at('required_scopes'));
+  }
+  if (ev.reason === 'access_denied') {
+    assert.ok(typeof ev.reason_detail === 'string' && ev.reason_detail !== '', at('reason_detail of a policy denial'));
+  } else {
+    assert.equal(ev.reason_detail, null, at('reason_detail'));
+  }
+
+  // the caller: present exactly when a valid bearer token was checked (everything but the
+  // protected resource metadata, which is public)
+  const authenticated = req.bearer !== undefined && !req.path.startsWith(METADATA_PREFIX)
+    && !TOKEN_REASONS.has(ev.reason) && req.status !== 401;
+  if (authenticated) {
+    const want = expectedPrincipal(req.bearer);
+    assert.deepEqual(
+      { ...ev.principal, scopes: [...(ev.principal?.scopes ?? [])].sort() },
+      want.principal,
+      at('principal'),
+    );
+    assert.deepEqual(ev.token, want.token, at('token'));
+  } else {
+    assert.equal(ev.principal, null, at('no principal without a valid token'));
+    assert.equal(ev.token, null, at('no token facts without a valid token'));
+  }
+  if (req.expect.principal) assert.ok(authenticated, at('expected an authenticated request'));
+
+  // the session (hashed), recorded by the policy layer
+  if (authenticated && req.sessionIds.length === 1) {
+    assert.equal(ev.session, sha256b64u(req.sessionIds[0]), at('session = base64url(SHA-256(Mcp-Session-Id))'));
+  } else if (req.sessionIds.length === 0 || !authenticated) {
+    assert.equal(ev.session, null, at('session'));
+  }
+
+  // the operations
+  const ops = operationsOf(req.body);
+  const decided = authenticated && req.method === 'POST' && (ev.reason === null || DECIDED_REASONS.has(ev.reason));
+  if (decided && ops !== undefined) {
+    assert.deepEqual(ev.mcp, ops, at('mcp = the operations of the body'));
+  } else if (!decided) {
+    assert.deepEqual(ev.mcp, [], at('no operations before the body was read'));
+  }
+  if (req.expect.mcp !== undefined) assert.deepEqual(ev.mcp, req.expect.mcp, at('mcp'));
+
+  return {
+    decision: ev.decision,
+    reason: ev.reason,
+    stepUpTool: ev.reason === 'insufficient_scope' && ev.mcp[0]?.method === 'tools/call' && ev.mcp[0].target !== null,
+    allowedWithPrincipal: ev.decision === 'allow' && authenticated,
+  };
+}
+
+/**
+ * Stops `server` and checks its audit log against its request ledger (see the top of this
+ * file). `minimum`: counts the log must at least contain, by reason code, or `allow`,
+ * `stepUpTool` (403 step-ups of a tools/call), `allowedWithPrincipal` (so that the checks
+ * are not vacuous). Returns a summary.
+ */
+export async function checkAuditLog(server, { minimum = {} } = {}) {
+  const exit = await stopNotesServer(server);
+  assert.deepEqual(exit, { code: 0, signal: null, forced: false }, 'notes_server shut down gracefully on SIGTERM');
+  const { text, events } = readAuditLog(server);
+  assertNoSecrets(text, server.auditLog);
+
+  const requests = server.requests;
+  // Session ids are credentials of a kind too: only their hashes may be logged.
+  const rawSessionIds = [...new Set(requests.flatMap((r) => r.sessionIds))].filter((id) => text.includes(id));
+  assert.deepEqual(rawSessionIds, [], `${server.auditLog} contains raw Mcp-Session-Id values`);
+  const failed = requests.filter((r) => r.status === undefined);
+  assert.deepEqual(failed.map((r) => `${r.method} ${r.path} ${r.id}: ${r.error?.message}`), [], 'every tracked request got an answer');
+
+  assert.equal(new Set(events.map((e) => e.event_id)).size, events.length, 'event_ids are unique');
+  const byRequest = new Map();
+  const stray = [];
+  for (const ev of events) {
+    if (byRequest.has(ev.request_id) || !requests.some((r) => r.id === ev.request_id)) stray.push(ev);
+    else byRequest.set(ev.request_id, ev);
+  }
+  assert.deepEqual(stray, [], 'every event belongs to exactly one tracked request');
+  const missing = requests.filter((r) => !byRequest.has(r.id)).map((r) => `${r.method} ${r.path} ${r.id} → ${r.status}`);
+  assert.deepEqual(missing, [], 'every request has an event');
+  assert.equal(events.length, requests.length, 'one audit event per HTTP request');
+
+  const counts = { events: events.length, allow: 0, deny: 0, stepUpTool: 0, allowedWithPrincipal: 0 };
+  const reasons = {};
+  for (const req of requests) {
+    const c = checkEvent(server, req, byRequest.get(req.id));
+    counts[c.decision] += 1;
+    if (c.reason) reasons[c.reason] = (reasons[c.reason] ?? 0) + 1;
+    if (c.stepUpTool) counts.stepUpTool += 1;
+    if (c.allowedWithPrincipal) counts.allowedWithPrincipal += 1;
+  }
+  for (const [key, min] of Object.entries(minimum)) {
+    const have = counts[key] ?? reasons[key] ?? 0;
+    assert.ok(have >= min, `at least ${min} × ${key} in the audit log, got ${have} (${JSON.stringify({ counts, reasons })})`);
+  }
+  return { counts, reasons, secrets: SECRETS.size };
+}
+
+/**
+ * Registers the audit-log test of a suite: call it last in the `describe` body (tests run in
+ * order, so it sees every request of the suite). `getServer` returns the notes_server;
+ * `beforeStop` (optional) runs first, e.g. to close clients that hold connections.
+ */
+export function auditLogTest(getServer, { beforeStop, ...options } = {}) {
+  it('audit log: one event per request, statuses, decisions, principals, no credentials', async (t) => {
+    const server = getServer();
+    assert.ok(server, 'the suite started a notes_server');
+    await beforeStop?.();
+    const summary = await checkAuditLog(server, options);
+    t.diagnostic(`audit ${JSON.stringify(summary)}`);
+  });
+}
