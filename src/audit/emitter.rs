@@ -717,25 +717,9 @@ mod tests {
 
     use tokio::time::timeout;
 
+    use super::super::sink::tests::event;
     use super::super::sink::{ChannelSink, FanOut, FsyncPolicy, JsonLinesSink};
     use super::*;
-
-    /// An event that deserializes into the stand-in and the real event type alike.
-    fn event(id: &str) -> AuditEvent {
-        serde_json::from_value(serde_json::json!({
-            "schema": 1,
-            "time": "2026-01-01T00:00:00.000000Z",
-            "event_id": id,
-            "request_id": "req",
-            "http": { "method": "POST", "path": "/mcp", "status": 200 },
-            "decision": "allow",
-            "mcp": [],
-            "required_scopes": [],
-            "resource": "https://mcp.example.com/mcp",
-            "latency_us": 1,
-        }))
-        .expect("test event")
-    }
 
     fn id_of(event: &AuditEvent) -> String {
         let v = serde_json::to_value(event).unwrap();

@@ -322,7 +322,7 @@ impl AuditSink for FanOut {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::path::PathBuf;
     use std::sync::atomic::{AtomicU64, Ordering};
     use std::task::{Context, Poll};

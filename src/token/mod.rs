@@ -2,9 +2,9 @@
 //!
 //! [`TokenLayer`] reads exactly one `Authorization` header, verifies the token with a
 //! [`TokenVerifier`] (the built-in one is [`JwtVerifier`]), puts the resulting
-//! [`Principal`](crate::Principal) into the request extensions, removes the `Authorization`
+//! [`Principal`] into the request extensions, removes the `Authorization`
 //! header (so the token is never passed through), and calls the inner service. Anything it cannot
-//! verify is refused with the status and challenge [`AuthError`](crate::AuthError) decides.
+//! verify is refused with the status and challenge [`AuthError`] decides.
 //!
 //! Most users get this layer from [`McpAuth`](crate::McpAuth); build it by hand only for a
 //! custom composition.
