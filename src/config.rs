@@ -26,6 +26,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 use url::Url;
 
+use crate::dpop::{DpopConfig, DpopConfigError};
 use crate::keys::{KeyError, SigningAlgorithm};
 use crate::policy::PolicyConfig;
 use crate::token::RequiredClaims;
@@ -62,6 +63,9 @@ pub struct McpAuthConfig {
     /// The scope map and policy layer settings.
     #[serde(default)]
     pub policy: PolicyConfig,
+    /// DPoP (RFC 9449) settings; off by default.
+    #[serde(default)]
+    pub dpop: DpopConfig,
 }
 
 impl McpAuthConfig {
@@ -77,6 +81,7 @@ impl McpAuthConfig {
             resource_documentation: None,
             token: TokenRules::default(),
             policy: PolicyConfig::default(),
+            dpop: DpopConfig::default(),
         }
     }
 
@@ -269,6 +274,9 @@ pub enum ConfigError {
         "invalid scope {0:?}: scopes are non-empty printable ASCII without spaces, quotes or backslashes"
     )]
     InvalidScope(String),
+    /// The `[dpop]` section is unusable.
+    #[error("invalid DPoP configuration: {0}")]
+    Dpop(#[from] DpopConfigError),
     /// A remote key set needs an HTTP client and none is available.
     #[error(
         "issuer {0:?} uses jwks_uri but no HTTP client is available: enable the `reqwest` feature or call McpAuthBuilder::http_client"

@@ -90,6 +90,25 @@ pub enum AuthErrorKind {
     SessionNotOwned,
     /// The audit queue is full and the overflow policy refuses requests. 503.
     AuditUnavailable,
+    /// The `DPoP` scheme was used without a `DPoP` proof header. 400.
+    MissingDpopProof,
+    /// More than one `DPoP` header, or one holding more than a compact JWS. 400.
+    MultipleDpopProofs,
+    /// The DPoP proof is invalid (syntax, `typ`, `alg`, `jwk`, signature, `htm`, `htu`, `iat`,
+    /// `ath`, `jti`). 401 `invalid_dpop_proof`.
+    InvalidDpopProof,
+    /// The DPoP proof's `jti` was already used (a replay). 401 `invalid_dpop_proof`.
+    DpopReplay,
+    /// The server requires a fresh nonce in the proof. 401 `use_dpop_nonce` with `DPoP-Nonce`.
+    UseDpopNonce,
+    /// The proof key does not match the token's `cnf.jkt`. 401 `invalid_token`.
+    DpopKeyMismatch,
+    /// Only DPoP-bound tokens are accepted and this one is not. 401 `invalid_token`.
+    DpopRequired,
+    /// The replay store is full; new proofs are refused until entries expire. 503.
+    ReplayStoreFull,
+    /// The token is bound to a client certificate (`cnf.x5t#S256`) that was not presented. 401.
+    CertificateMismatch,
 }
 
 impl AuthErrorKind {
@@ -130,6 +149,15 @@ impl AuthErrorKind {
             Self::BatchRefused => "batch_refused",
             Self::SessionNotOwned => "session_not_owned",
             Self::AuditUnavailable => "audit_unavailable",
+            Self::MissingDpopProof => "missing_dpop_proof",
+            Self::MultipleDpopProofs => "multiple_dpop_proofs",
+            Self::InvalidDpopProof => "invalid_dpop_proof",
+            Self::DpopReplay => "dpop_replay",
+            Self::UseDpopNonce => "use_dpop_nonce",
+            Self::DpopKeyMismatch => "dpop_key_mismatch",
+            Self::DpopRequired => "dpop_required",
+            Self::ReplayStoreFull => "replay_store_full",
+            Self::CertificateMismatch => "certificate_mismatch",
         }
     }
 
@@ -140,7 +168,9 @@ impl AuthErrorKind {
             Some(ErrorCode::InsufficientScope) => StatusCode::FORBIDDEN,
             _ => match self {
                 Self::AccessDenied => StatusCode::FORBIDDEN,
-                Self::KeysUnavailable | Self::AuditUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+                Self::KeysUnavailable | Self::AuditUnavailable | Self::ReplayStoreFull => {
+                    StatusCode::SERVICE_UNAVAILABLE
+                }
                 Self::MalformedMessage
                 | Self::UnsupportedContent
                 | Self::HeaderMismatch
@@ -166,7 +196,11 @@ impl AuthErrorKind {
             | Self::HeaderMismatch
             | Self::BatchRefused
             | Self::SessionNotOwned
-            | Self::AuditUnavailable => None,
+            | Self::AuditUnavailable
+            | Self::ReplayStoreFull => None,
+            Self::InvalidDpopProof | Self::DpopReplay => Some(ErrorCode::InvalidDpopProof),
+            Self::UseDpopNonce => Some(ErrorCode::UseDpopNonce),
+            Self::MissingDpopProof | Self::MultipleDpopProofs => Some(ErrorCode::InvalidRequest),
             Self::MultipleCredentials
             | Self::MalformedAuthorization
             | Self::TokenInQuery
@@ -215,7 +249,32 @@ impl AuthErrorKind {
             Self::BatchRefused => "JSON-RPC batches are not accepted",
             Self::SessionNotOwned => "session not found",
             Self::AuditUnavailable => "the audit log cannot accept more events right now",
+            Self::MissingDpopProof => "the DPoP scheme needs exactly one DPoP proof header",
+            Self::MultipleDpopProofs => "exactly one DPoP proof is allowed",
+            Self::InvalidDpopProof => "the DPoP proof is invalid",
+            Self::DpopReplay => "the DPoP proof was already used",
+            Self::UseDpopNonce => "a fresh DPoP nonce is required",
+            Self::DpopKeyMismatch => "the DPoP proof key does not match the token",
+            Self::DpopRequired => "only DPoP-bound access tokens are accepted",
+            Self::ReplayStoreFull => "proof replay protection is at capacity; retry shortly",
+            Self::CertificateMismatch => {
+                "the token is bound to a client certificate that was not presented"
+            }
         }
+    }
+
+    /// Whether the error concerns the DPoP proof itself, so its `error` goes on the DPoP
+    /// challenge whatever scheme was used.
+    pub const fn is_dpop_proof_error(self) -> bool {
+        matches!(
+            self,
+            Self::MissingDpopProof
+                | Self::MultipleDpopProofs
+                | Self::InvalidDpopProof
+                | Self::DpopReplay
+                | Self::UseDpopNonce
+                | Self::DpopKeyMismatch
+        )
     }
 
     /// Whether responses of this kind carry a `WWW-Authenticate` challenge: every 401 and 403,
@@ -245,6 +304,10 @@ pub enum ErrorCode {
     InvalidToken,
     /// `insufficient_scope` (403).
     InsufficientScope,
+    /// `invalid_dpop_proof` (401, RFC 9449 §7.1).
+    InvalidDpopProof,
+    /// `use_dpop_nonce` (401, RFC 9449 §9).
+    UseDpopNonce,
 }
 
 impl ErrorCode {
@@ -254,6 +317,8 @@ impl ErrorCode {
             Self::InvalidRequest => "invalid_request",
             Self::InvalidToken => "invalid_token",
             Self::InsufficientScope => "insufficient_scope",
+            Self::InvalidDpopProof => "invalid_dpop_proof",
+            Self::UseDpopNonce => "use_dpop_nonce",
         }
     }
 }
@@ -267,6 +332,10 @@ pub struct AuthError {
     detail: Option<&'static str>,
     required_scope: Option<Arc<str>>,
     retry_after_secs: Option<u32>,
+    /// The request used the DPoP scheme: error parameters go on the DPoP challenge.
+    dpop: bool,
+    /// A fresh `DPoP-Nonce` to send with the response.
+    nonce: Option<Arc<str>>,
 }
 
 impl AuthError {
@@ -277,7 +346,26 @@ impl AuthError {
             detail: None,
             required_scope: None,
             retry_after_secs: None,
+            dpop: false,
+            nonce: None,
         }
+    }
+
+    /// Marks the request as having used the DPoP scheme (the error goes on the DPoP challenge).
+    pub fn on_dpop(mut self) -> Self {
+        self.dpop = true;
+        self
+    }
+
+    /// Attaches a fresh `DPoP-Nonce` for the client.
+    pub fn with_nonce(mut self, nonce: impl Into<Arc<str>>) -> Self {
+        self.nonce = Some(nonce.into());
+        self
+    }
+
+    /// The `DPoP-Nonce` sent with this error, if any.
+    pub fn nonce(&self) -> Option<&str> {
+        self.nonce.as_deref()
     }
 
     /// Adds a fixed detail, e.g. the name of a missing claim. Must not contain client input.
@@ -295,12 +383,10 @@ impl AuthError {
     }
 
     /// A 503 telling the client when to retry.
-    pub const fn unavailable(kind: AuthErrorKind, retry_after_secs: u32) -> Self {
+    pub fn unavailable(kind: AuthErrorKind, retry_after_secs: u32) -> Self {
         Self {
-            kind,
-            detail: None,
-            required_scope: None,
             retry_after_secs: Some(retry_after_secs),
+            ..Self::new(kind)
         }
     }
 
@@ -341,7 +427,9 @@ impl AuthError {
         let mut out = String::with_capacity(160);
         out.push_str("Bearer ");
         let mut params = ParamWriter(&mut out, false);
-        if let Some(code) = self.kind.error_code() {
+        if !self.on_dpop_challenge(challenge)
+            && let Some(code) = self.kind.error_code()
+        {
             params.push("error", code.as_str());
             params.push("error_description", &self.message());
         }
@@ -353,6 +441,37 @@ impl AuthError {
         if let Some(scope) = scope {
             params.push("scope", scope);
         }
+        params.push("resource_metadata", &challenge.resource_metadata);
+        Some(out)
+    }
+
+    /// Whether the error parameters belong on the DPoP challenge.
+    fn on_dpop_challenge(&self, challenge: &ChallengeConfig) -> bool {
+        challenge.dpop_algs.is_some() && (self.dpop || self.kind.is_dpop_proof_error())
+    }
+
+    /// The second challenge, `DPoP algs="…"` (RFC 9449 §7.1), when DPoP is enabled; it carries
+    /// the error when the request used the DPoP scheme or the proof was at fault.
+    pub fn dpop_challenge(&self, challenge: &ChallengeConfig) -> Option<String> {
+        let algs = challenge.dpop_algs.as_deref()?;
+        if !self.kind.has_challenge() {
+            return None;
+        }
+        let mut out = String::with_capacity(120);
+        out.push_str("DPoP ");
+        let mut params = ParamWriter(&mut out, false);
+        if self.on_dpop_challenge(challenge)
+            && let Some(code) = self.kind.error_code()
+        {
+            params.push("error", code.as_str());
+            params.push("error_description", &self.message());
+        }
+        if self.kind == AuthErrorKind::InsufficientScope
+            && let Some(scope) = self.required_scope.as_deref()
+        {
+            params.push("scope", scope);
+        }
+        params.push("algs", algs);
         params.push("resource_metadata", &challenge.resource_metadata);
         Some(out)
     }
@@ -381,11 +500,23 @@ impl AuthError {
         let headers = response.headers_mut();
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        if let Some(value) = self.www_authenticate(challenge) {
-            // Every part is either fixed text or escaped, validated configuration.
+        // Bearer first (MCP clients read the first challenge), then DPoP. Every part is fixed
+        // text or escaped, validated configuration.
+        for value in [
+            self.www_authenticate(challenge),
+            self.dpop_challenge(challenge),
+        ]
+        .into_iter()
+        .flatten()
+        {
             if let Ok(value) = HeaderValue::try_from(value) {
-                headers.insert(WWW_AUTHENTICATE, value);
+                headers.append(WWW_AUTHENTICATE, value);
             }
+        }
+        if let Some(nonce) = &self.nonce
+            && let Ok(value) = HeaderValue::from_str(nonce)
+        {
+            headers.insert(DPOP_NONCE, value);
         }
         if let Some(secs) = self.retry_after_secs {
             headers.insert(RETRY_AFTER, HeaderValue::from(secs));
@@ -403,12 +534,41 @@ impl From<AuthErrorKind> for AuthError {
 
 /// The server-wide parts of every challenge, fixed at build time.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct ChallengeConfig {
     /// The protected resource metadata URL (RFC 9728 §5.1).
     pub resource_metadata: Arc<str>,
     /// The `scope` to advertise on 401s (MCP clients request it), space-separated.
     pub scope: Option<Arc<str>>,
+    /// The DPoP algorithms (space-separated) when DPoP is enabled: adds the DPoP challenge.
+    pub dpop_algs: Option<Arc<str>>,
 }
+
+impl ChallengeConfig {
+    /// Challenges naming `resource_metadata`, without a default scope or DPoP.
+    pub fn new(resource_metadata: impl Into<Arc<str>>) -> Self {
+        Self {
+            resource_metadata: resource_metadata.into(),
+            scope: None,
+            dpop_algs: None,
+        }
+    }
+
+    /// The `scope` sent on 401s.
+    pub fn with_scope(mut self, scope: impl Into<Arc<str>>) -> Self {
+        self.scope = Some(scope.into());
+        self
+    }
+
+    /// Enables the DPoP challenge with these algorithms (space-separated).
+    pub fn with_dpop_algs(mut self, algs: impl Into<Arc<str>>) -> Self {
+        self.dpop_algs = Some(algs.into());
+        self
+    }
+}
+
+/// The `DPoP-Nonce` header (RFC 9449 §8).
+pub const DPOP_NONCE: http::HeaderName = http::HeaderName::from_static("dpop-nonce");
 
 /// Writes `name="value"` pairs, comma-separated, escaping values as RFC 9110 quoted-strings.
 struct ParamWriter<'a>(&'a mut String, bool);
@@ -463,11 +623,8 @@ mod tests {
     use super::*;
 
     fn challenge() -> ChallengeConfig {
-        ChallengeConfig {
-            resource_metadata: "https://mcp.example.com/.well-known/oauth-protected-resource/mcp"
-                .into(),
-            scope: Some("notes:read".into()),
-        }
+        ChallengeConfig::new("https://mcp.example.com/.well-known/oauth-protected-resource/mcp")
+            .with_scope("notes:read")
     }
 
     #[test]

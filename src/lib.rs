@@ -57,11 +57,14 @@
 
 pub mod audit;
 pub mod config;
+pub mod dpop;
 mod crypto;
+mod jose;
 pub mod error;
 pub mod http_client;
 pub mod keys;
 pub mod metadata;
+pub mod mtls;
 pub mod policy;
 mod principal;
 mod stack;
@@ -72,5 +75,5 @@ pub mod token;
 pub use config::{ConfigError, IssuerConfig, McpAuthConfig};
 pub use error::{AuthError, AuthErrorKind};
 pub use keys::SigningAlgorithm;
-pub use principal::{Actor, Binding, Principal, PrincipalParts};
+pub use principal::{Actor, Binding, Confirmation, Principal, PrincipalParts};
 pub use stack::{McpAuth, McpAuthBuilder, McpAuthFuture, McpAuthLayer, McpAuthService};

@@ -43,6 +43,16 @@ impl Binding {
     }
 }
 
+/// The token's confirmation (`cnf`, RFC 7800): the key or certificate it is bound to.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Confirmation {
+    /// `cnf.jkt`: the RFC 7638 SHA-256 thumbprint of a DPoP key (RFC 9449).
+    pub jkt: Option<String>,
+    /// `cnf.x5t#S256`: base64url SHA-256 of a client certificate (RFC 8705).
+    pub x5t_s256: Option<String>,
+}
+
 /// One party in a delegation chain (an RFC 8693 `act` claim).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Actor {
@@ -58,6 +68,7 @@ pub struct Actor {
 #[derive(Clone)]
 pub struct Principal(Arc<Inner>);
 
+#[derive(Clone)]
 struct Inner {
     issuer: String,
     subject: String,
@@ -70,6 +81,8 @@ struct Inner {
     jti: Option<String>,
     token_thumbprint: String,
     binding: Binding,
+    confirmation: Option<Confirmation>,
+    key_thumbprint: Option<String>,
     claims: Box<serde_json::value::RawValue>,
 }
 
@@ -98,6 +111,8 @@ pub struct PrincipalParts {
     pub token_thumbprint: String,
     /// How the token was bound.
     pub binding: Binding,
+    /// The token's `cnf`, if it is sender-constrained.
+    pub confirmation: Option<Confirmation>,
     /// The whole claim set, as JSON.
     pub claims: Box<serde_json::value::RawValue>,
 }
@@ -117,8 +132,28 @@ impl Principal {
             jti: parts.jti,
             token_thumbprint: parts.token_thumbprint,
             binding: parts.binding,
+            confirmation: parts.confirmation,
+            key_thumbprint: None,
             claims: parts.claims,
         }))
+    }
+
+    /// The same principal, with the binding the token layer established.
+    pub(crate) fn bound(self, binding: Binding, key_thumbprint: Option<String>) -> Self {
+        let mut inner = Arc::try_unwrap(self.0).unwrap_or_else(|shared| (*shared).clone());
+        inner.binding = binding;
+        inner.key_thumbprint = key_thumbprint;
+        Self(Arc::new(inner))
+    }
+
+    /// The token's confirmation (`cnf`), if it is sender-constrained.
+    pub fn confirmation(&self) -> Option<&Confirmation> {
+        self.0.confirmation.as_ref()
+    }
+
+    /// The verified proof key's thumbprint (DPoP `jkt`, or the certificate's `x5t#S256`).
+    pub fn key_thumbprint(&self) -> Option<&str> {
+        self.0.key_thumbprint.as_deref()
     }
 
     /// The issuer (`iss`).

@@ -766,19 +766,40 @@ fn rows(dev: &DevIssuer, attacker: &DevIssuer) -> Vec<Row> {
         invalid_token(K::MissingProofOfPossession),
     );
     t.bearer(
-        "cnf.x5t#S256 presented as Bearer",
+        "cnf.x5t#S256 presented without its client certificate",
         valid()
             .claim(
                 "cnf",
                 json!({"x5t#S256": "bwcK0esc3ACC3DB2Y5_lESsXE8o9ltc05O89jdN-dg2"}),
             )
             .sign(),
-        invalid_token(K::MissingProofOfPossession),
+        invalid_token(K::CertificateMismatch),
     );
     t.bearer(
         "cnf null presented as Bearer",
         valid().claim("cnf", Value::Null).sign(),
-        invalid_token(K::MissingProofOfPossession),
+        invalid_token(K::InvalidClaim),
+    );
+    t.bearer(
+        "cnf with an unsupported confirmation method",
+        valid().claim("cnf", json!({"jwk": {"kty": "EC"}})).sign(),
+        invalid_token(K::InvalidClaim),
+    );
+    t.bearer(
+        "cnf empty object",
+        valid().claim("cnf", json!({})).sign(),
+        invalid_token(K::InvalidClaim),
+    );
+    t.bearer(
+        "DPoP-bound and certificate-bound, presented as Bearer",
+        valid()
+            .claim(
+                "cnf",
+                json!({"jkt": "0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I",
+                       "x5t#S256": "bwcK0esc3ACC3DB2Y5_lESsXE8o9ltc05O89jdN-dg2"}),
+            )
+            .sign(),
+        invalid_token(K::CertificateMismatch),
     );
 
     // ---- duplicate members -----------------------------------------------------------------

@@ -54,11 +54,7 @@ async fn json(
 }
 
 fn challenge() -> ChallengeConfig {
-    ChallengeConfig {
-        resource_metadata: "https://mcp.example.com/.well-known/oauth-protected-resource/mcp"
-            .into(),
-        scope: None,
-    }
+    ChallengeConfig::new("https://mcp.example.com/.well-known/oauth-protected-resource/mcp")
 }
 
 #[tokio::test]

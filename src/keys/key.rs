@@ -211,7 +211,51 @@ struct Jwk {
     #[serde(default)]
     p: Option<serde::de::IgnoredAny>,
     #[serde(default)]
+    q: Option<serde::de::IgnoredAny>,
+    #[serde(default)]
+    dp: Option<serde::de::IgnoredAny>,
+    #[serde(default)]
+    dq: Option<serde::de::IgnoredAny>,
+    #[serde(default)]
+    qi: Option<serde::de::IgnoredAny>,
+    #[serde(default)]
+    oth: Option<serde::de::IgnoredAny>,
+    #[serde(default)]
     k: Option<serde::de::IgnoredAny>,
+}
+
+/// The public key of a DPoP proof header (`jwk`), bound to the proof's `alg`, and its RFC 7638
+/// SHA-256 thumbprint computed from the canonical members.
+pub(crate) fn proof_key(
+    json: &str,
+    alg: SigningAlgorithm,
+) -> Result<(VerificationKey, String), KeyError> {
+    let jwk: Jwk = serde_json::from_str(json).map_err(|_| KeyError::InvalidJwk {
+        reason: "not a JSON object with string members",
+    })?;
+    if let Some(declared) = &jwk.alg
+        && declared != alg.as_str()
+    {
+        return Err(invalid("the JWK's `alg` differs from the proof's"));
+    }
+    // The canonical members are exactly the strings given: strict base64url and the length
+    // checks in `into_key` make their encoding unique (RFC 7638 §7).
+    let canonical = match jwk.kty.as_str() {
+        "EC" => serde_json::json!({
+            "crv": jwk.crv, "kty": "EC", "x": jwk.x, "y": jwk.y
+        }),
+        "RSA" => serde_json::json!({ "e": jwk.e, "kty": "RSA", "n": jwk.n }),
+        "OKP" => serde_json::json!({ "crv": jwk.crv, "kty": "OKP", "x": jwk.x }),
+        _ => return Err(invalid("unsupported key type or curve")),
+    };
+    let mut key = jwk.into_key()?;
+    if key.alg.family() != alg.family() {
+        return Err(invalid("the key type and curve do not match the proof's `alg`"));
+    }
+    key.alg = alg;
+    // serde_json writes object members sorted (BTreeMap) and without whitespace.
+    let jkt = crate::jose::thumbprint(&canonical.to_string());
+    Ok((key, jkt))
 }
 
 fn invalid(reason: &'static str) -> KeyError {
@@ -229,7 +273,14 @@ fn b64(field: &Option<String>, name: &'static str) -> Result<Vec<u8>, KeyError> 
 
 impl Jwk {
     fn into_key(self) -> Result<VerificationKey, KeyError> {
-        if self.d.is_some() || self.p.is_some() {
+        if self.d.is_some()
+            || self.p.is_some()
+            || self.q.is_some()
+            || self.dp.is_some()
+            || self.dq.is_some()
+            || self.qi.is_some()
+            || self.oth.is_some()
+        {
             return Err(invalid("private key material is not accepted"));
         }
         if self.kty == "oct" || self.k.is_some() {

@@ -24,7 +24,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 pub use algorithm::{AlgorithmSet, SigningAlgorithm, UnknownAlgorithm};
-pub(crate) use key::{KeyLookupError, MAX_KID_LEN};
+pub(crate) use key::{KeyLookupError, MAX_KID_LEN, proof_key};
 pub use key::{KeySet, VerificationKey};
 pub use remote::{RemoteJwks, RemoteJwksOptions};
 

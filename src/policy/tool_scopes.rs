@@ -360,6 +360,7 @@ mod tests {
             jti: None,
             token_thumbprint: String::new(),
             binding: Binding::Bearer,
+            confirmation: None,
             claims: serde_json::value::RawValue::from_string("{}".into()).unwrap(),
         })
     }

@@ -11,6 +11,7 @@ pub use service::{McpAuthFuture, McpAuthService};
 use url::Url;
 
 use crate::audit::{AuditEmitter, AuditLayer, RedactArguments};
+use crate::dpop::{DpopConfig, DpopLayer, DpopMode, ReplayStore};
 use crate::config::{ConfigError, IssuerConfig, McpAuthConfig, UrlRole, check_scope, parse_url};
 use crate::error::{ChallengeConfig, ShapeRejection};
 use crate::http_client::HttpClient;
@@ -34,6 +35,7 @@ pub struct McpAuth {
     token_layer: TokenLayer,
     policy_layer: McpPolicyLayer,
     audit_layer: AuditLayer,
+    dpop_layer: DpopLayer,
 }
 
 impl McpAuth {
@@ -53,6 +55,7 @@ impl McpAuth {
     pub fn layer(&self) -> McpAuthLayer {
         McpAuthLayer {
             audit: self.audit_layer.clone(),
+            dpop: self.dpop_layer.clone(),
             token: self.token_layer.clone(),
             policy: self.policy_layer.clone(),
             metadata: MetadataService::new(&self.metadata),
@@ -108,6 +111,7 @@ pub struct McpAuthBuilder {
     policy: Option<Arc<dyn Policy>>,
     audit: Option<AuditEmitter>,
     redact: Option<Arc<dyn RedactArguments>>,
+    replay_store: Option<Arc<dyn ReplayStore>>,
     allow_cors_preflight: bool,
 }
 
@@ -195,6 +199,19 @@ impl McpAuthBuilder {
         self
     }
 
+    /// DPoP (RFC 9449) settings: mode, algorithms, window, nonces; see [`crate::dpop`].
+    pub fn dpop(mut self, dpop: DpopConfig) -> Self {
+        self.config_mut().dpop = dpop;
+        self
+    }
+
+    /// Where used DPoP proofs are remembered (default: in memory, bounded). A shared store keeps
+    /// replay protection across server instances.
+    pub fn replay_store(mut self, store: Arc<dyn ReplayStore>) -> Self {
+        self.replay_store = Some(store);
+        self
+    }
+
     /// Audits every request through `emitter` (see [`crate::audit`]). Without it, nothing is
     /// audited.
     pub fn audit(mut self, emitter: AuditEmitter) -> Self {
@@ -276,7 +293,14 @@ impl McpAuthBuilder {
             }
             config.authorization_servers.clone()
         };
+        let dpop = &config.dpop;
+        let dpop_algs: Vec<String> = match dpop.mode {
+            DpopMode::Off => Vec::new(),
+            _ => dpop.algorithms.iter().map(|a| a.as_str().to_owned()).collect(),
+        };
         let mut metadata = ProtectedResourceMetadata::new(&config.resource, authorization_servers);
+        metadata.dpop_signing_alg_values_supported = dpop_algs.clone();
+        metadata.dpop_bound_access_tokens_required = dpop.mode == DpopMode::Required;
         metadata.scopes_supported = config.scopes_supported.clone();
         metadata.resource_name = config.resource_name.clone();
         metadata.resource_documentation = config.resource_documentation.clone();
@@ -293,9 +317,23 @@ impl McpAuthBuilder {
             .challenge_scope
             .as_ref()
             .unwrap_or(&config.scopes_supported);
-        let challenge = ChallengeConfig {
-            resource_metadata: metadata_url(&resource).into(),
-            scope: (!challenge_scope.is_empty()).then(|| challenge_scope.join(" ").into()),
+        let mut challenge = ChallengeConfig::new(metadata_url(&resource));
+        if !challenge_scope.is_empty() {
+            challenge = challenge.with_scope(challenge_scope.join(" "));
+        }
+        if !dpop_algs.is_empty() {
+            challenge = challenge.with_dpop_algs(dpop_algs.join(" "));
+        }
+        let dpop_layer = match dpop.mode {
+            DpopMode::Off => DpopLayer::disabled(),
+            _ => {
+                let htu = dpop.htu.as_deref().unwrap_or(&config.resource);
+                let store = self
+                    .replay_store
+                    .take()
+                    .unwrap_or_else(|| DpopLayer::default_store(dpop));
+                DpopLayer::new(dpop, htu, challenge.clone(), store)?
+            }
         };
         let policy: Arc<dyn Policy> = match self.policy.take() {
             Some(policy) => policy,
@@ -307,6 +345,7 @@ impl McpAuthBuilder {
             challenge,
         )
         .max_authorization_len(rules.max_token_bytes + 16)
+        .require_dpop(dpop.mode == DpopMode::Required)
         .allow_cors_preflight(self.allow_cors_preflight);
         if let Some(shape) = self.shape.take() {
             token_layer = token_layer.shape_rejection_shared(shape);
@@ -323,6 +362,7 @@ impl McpAuthBuilder {
         };
         Ok(McpAuth {
             audit_layer,
+            dpop_layer,
             metadata_paths: Arc::new(well_known_paths(&resource)),
             resource,
             metadata,

@@ -12,13 +12,14 @@ use pin_project_lite::pin_project;
 use tower_service::Service;
 
 use crate::metadata::MetadataService;
+use crate::dpop::{self, Dpop};
 use crate::policy::McpPolicy;
 use crate::token::{ResponseBody, ResponseFuture, Token};
 
 /// The service built by [`McpAuthLayer`](super::McpAuthLayer).
 #[derive(Debug, Clone)]
 pub struct McpAuthService<S> {
-    pub(crate) inner: Token<McpPolicy<S>>,
+    pub(crate) inner: Dpop<Token<McpPolicy<S>>>,
     pub(crate) metadata: MetadataService,
     pub(crate) metadata_paths: Arc<[String; 2]>,
 }
@@ -26,12 +27,12 @@ pub struct McpAuthService<S> {
 impl<S> McpAuthService<S> {
     /// The inner service.
     pub fn get_ref(&self) -> &S {
-        self.inner.get_ref().get_ref()
+        self.inner.get_ref().get_ref().get_ref()
     }
 
     /// Unwraps the inner service.
     pub fn into_inner(self) -> S {
-        self.inner.into_inner().into_inner()
+        self.inner.into_inner().into_inner().into_inner()
     }
 }
 
@@ -41,7 +42,7 @@ where
 {
     type Response = Response<ResponseBody<ResBody>>;
     type Error = <McpPolicy<S> as Service<Request<ReqBody>>>::Error;
-    type Future = McpAuthFuture<McpPolicy<S>, ReqBody>;
+    type Future = McpAuthFuture<dpop::ResponseFuture<ResponseFuture<McpPolicy<S>, ReqBody>>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -56,7 +57,7 @@ where
             };
         }
         McpAuthFuture {
-            kind: Kind::Token {
+            kind: Kind::Inner {
                 future: self.inner.call(req),
             },
         }
@@ -65,31 +66,25 @@ where
 
 pin_project! {
     /// Response future of [`McpAuthService`].
-    pub struct McpAuthFuture<S, ReqBody>
-    where
-        S: Service<Request<ReqBody>>,
-    {
+    pub struct McpAuthFuture<F> {
         #[pin]
-        kind: Kind<S, ReqBody>,
+        kind: Kind<F>,
     }
 }
 
 pin_project! {
     #[project = KindProj]
-    enum Kind<S, ReqBody>
-    where
-        S: Service<Request<ReqBody>>,
-    {
+    enum Kind<F> {
         Metadata { response: Option<Response<Full<Bytes>>> },
-        Token { #[pin] future: ResponseFuture<S, ReqBody> },
+        Inner { #[pin] future: F },
     }
 }
 
-impl<S, ReqBody, ResBody> Future for McpAuthFuture<S, ReqBody>
+impl<F, B, E> Future for McpAuthFuture<F>
 where
-    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    F: Future<Output = Result<Response<ResponseBody<B>>, E>>,
 {
-    type Output = Result<Response<ResponseBody<ResBody>>, S::Error>;
+    type Output = Result<Response<ResponseBody<B>>, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().kind.project() {
@@ -99,15 +94,12 @@ where
                     .expect("McpAuthFuture polled after completion");
                 Poll::Ready(Ok(response.map(ResponseBody::local)))
             }
-            KindProj::Token { future } => future.poll(cx),
+            KindProj::Inner { future } => future.poll(cx),
         }
     }
 }
 
-impl<S, ReqBody> std::fmt::Debug for McpAuthFuture<S, ReqBody>
-where
-    S: Service<Request<ReqBody>>,
-{
+impl<F> std::fmt::Debug for McpAuthFuture<F> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("McpAuthFuture").finish_non_exhaustive()
     }

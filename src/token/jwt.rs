@@ -13,19 +13,17 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::Deserialize;
-use serde::de::{self, Deserializer, IgnoredAny};
-use sha2::{Digest, Sha256};
+use serde::de::{self, Deserializer};
 
 use super::TokenVerifier;
 use crate::crypto::provider;
+use crate::jose::{CompactJws, json_object, numeric_date, present, string, thumbprint};
 use crate::error::{AuthError, AuthErrorKind};
 use crate::keys::{
     AlgorithmSet, KeyLookupError, KeySet, KeySource, MAX_KID_LEN, RefreshReason, SigningAlgorithm,
 };
-use crate::principal::{Actor, Binding, Principal, PrincipalParts};
+use crate::principal::{Actor, Binding, Confirmation, Principal, PrincipalParts};
 
 /// Deepest `act` nesting read; deeper chains are refused.
 const MAX_ACT_DEPTH: usize = 16;
@@ -314,22 +312,8 @@ fn parse<'t>(token: &'t str, inner: &Inner) -> Result<Parsed<'t>, AuthError> {
         return Err(AuthErrorKind::TokenTooLarge.into());
     }
     let malformed = || AuthError::new(AuthErrorKind::MalformedToken);
-    let mut segments = token.split('.');
-    let (Some(h64), Some(p64), Some(s64), None) = (
-        segments.next(),
-        segments.next(),
-        segments.next(),
-        segments.next(),
-    ) else {
-        return Err(malformed());
-    };
-    let decode = |s: &str| {
-        if s.is_empty() {
-            return Err(malformed());
-        }
-        URL_SAFE_NO_PAD.decode(s).map_err(|_| malformed())
-    };
-    let header_bytes = decode(h64)?;
+    let jws = CompactJws::split(token).ok_or_else(malformed)?;
+    let header_bytes = jws.header()?;
     let header: Header<'_> = json_object(&header_bytes, AuthErrorKind::MalformedToken)?;
     if header.enc || header.zip || header.b64 {
         return Err(malformed());
@@ -344,10 +328,10 @@ fn parse<'t>(token: &'t str, inner: &Inner) -> Result<Parsed<'t>, AuthError> {
         Some(kid) => Some(kid.into_owned()),
         None => None,
     };
-    let payload = decode(p64)?;
+    let payload = jws.payload()?;
     let claims: Claims = json_object(&payload, AuthErrorKind::InvalidClaim)?;
-    let signature = decode(s64)?;
-    let signing_input = &token[..h64.len() + 1 + p64.len()];
+    let signature = jws.signature()?;
+    let signing_input = jws.signing_input();
     Ok(Parsed {
         alg,
         kid,
@@ -366,25 +350,6 @@ fn check_typ(typ: Option<&str>, accept_untyped: bool) -> Result<(), AuthError> {
         Some(t) if accept_untyped && (is(t, "JWT") || is(t, "application/jwt")) => Ok(()),
         _ => Err(AuthErrorKind::WrongTokenType.into()),
     }
-}
-
-/// Parses a JSON object (not an array, which serde would accept for a struct).
-/// A JSON type error maps to `data_error`; anything else is a malformed token.
-fn json_object<'de, T: Deserialize<'de>>(
-    bytes: &'de [u8],
-    data_error: AuthErrorKind,
-) -> Result<T, AuthError> {
-    if bytes.trim_ascii_start().first() != Some(&b'{') {
-        return Err(AuthErrorKind::MalformedToken.into());
-    }
-    serde_json::from_slice(bytes).map_err(|e| match e.classify() {
-        serde_json::error::Category::Data => AuthError::new(data_error),
-        _ => AuthError::new(AuthErrorKind::MalformedToken),
-    })
-}
-
-fn present<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
-    IgnoredAny::deserialize(d).map(|_| true)
 }
 
 /// The registered claims, strictly typed: a claim of the wrong JSON type fails the parse.
@@ -412,8 +377,29 @@ struct Claims {
     scp: Option<Vec<String>>,
     #[serde(default, deserialize_with = "act")]
     act: Option<ActClaim>,
-    #[serde(default, deserialize_with = "present")]
-    cnf: bool,
+    #[serde(default, deserialize_with = "cnf")]
+    cnf: Option<Confirmation>,
+}
+
+/// `cnf` must be an object with exactly the members this crate can check: `jkt` (DPoP) and/or
+/// `x5t#S256` (mTLS). Any other confirmation method is refused: it cannot be honoured.
+fn cnf<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Confirmation>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Cnf {
+        #[serde(default, deserialize_with = "string")]
+        jkt: Option<String>,
+        #[serde(default, rename = "x5t#S256", deserialize_with = "string")]
+        x5t_s256: Option<String>,
+    }
+    let cnf = Cnf::deserialize(d)?;
+    if cnf.jkt.is_none() && cnf.x5t_s256.is_none() {
+        return Err(de::Error::custom("cnf names no supported confirmation method"));
+    }
+    Ok(Some(Confirmation {
+        jkt: cnf.jkt,
+        x5t_s256: cnf.x5t_s256,
+    }))
 }
 
 #[derive(Deserialize)]
@@ -425,11 +411,6 @@ struct ActClaim {
     client_id: Option<String>,
     #[serde(default, deserialize_with = "act")]
     act: Option<Box<ActClaim>>,
-}
-
-/// A string; `null` and other types are errors (so "present but wrong" never reads as absent).
-fn string<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
-    String::deserialize(d).map(Some)
 }
 
 fn act<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<T>, D::Error> {
@@ -448,32 +429,6 @@ fn strings<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<String>>, D::Er
         OneOrMany::One(s) => vec![s],
         OneOrMany::Many(v) => v,
     }))
-}
-
-/// An RFC 7519 NumericDate: a non-negative JSON number (fractions truncated). Strings, booleans
-/// and `null` are errors.
-fn numeric_date<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
-    struct Visitor;
-    impl de::Visitor<'_> for Visitor {
-        type Value = u64;
-        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            f.write_str("a non-negative NumericDate")
-        }
-        fn visit_u64<E: de::Error>(self, v: u64) -> Result<u64, E> {
-            Ok(v)
-        }
-        fn visit_i64<E: de::Error>(self, v: i64) -> Result<u64, E> {
-            u64::try_from(v).map_err(|_| E::custom("negative NumericDate"))
-        }
-        fn visit_f64<E: de::Error>(self, v: f64) -> Result<u64, E> {
-            if v.is_finite() && (0.0..9.0e15).contains(&v) {
-                Ok(v as u64)
-            } else {
-                Err(E::custom("NumericDate out of range"))
-            }
-        }
-    }
-    d.deserialize_any(Visitor).map(Some)
 }
 
 fn validate_claims(
@@ -523,10 +478,6 @@ fn validate_claims(
         if exp.saturating_sub(iat) > max {
             return Err(AuthErrorKind::LifetimeTooLong.into());
         }
-    }
-    if claims.cnf {
-        // Sender-constrained tokens need a proof layer's evidence; none is configured here.
-        return Err(AuthErrorKind::MissingProofOfPossession.into());
     }
 
     let mut scopes = BTreeSet::new();
@@ -581,13 +532,9 @@ fn validate_claims(
         jti: claims.jti,
         token_thumbprint: thumbprint(token),
         binding: Binding::Bearer,
+        confirmation: claims.cnf,
         claims: raw,
     }))
-}
-
-/// base64url(SHA-256(token)).
-pub fn thumbprint(token: &str) -> String {
-    URL_SAFE_NO_PAD.encode(Sha256::digest(token.as_bytes()))
 }
 
 #[cfg(all(test, feature = "testing"))]

@@ -27,6 +27,7 @@ pub(crate) struct TokenConfig {
     pub(crate) keep_authorization: bool,
     pub(crate) max_authorization_len: usize,
     pub(crate) allow_cors_preflight: bool,
+    pub(crate) dpop_required: bool,
 }
 
 impl TokenConfig {
@@ -57,6 +58,7 @@ impl TokenLayer {
                 keep_authorization: false,
                 max_authorization_len: 8 * 1024 + 16,
                 allow_cors_preflight: false,
+                dpop_required: false,
             }),
         }
     }
@@ -89,6 +91,15 @@ impl TokenLayer {
     /// answers `OPTIONS` unauthenticated, so enable it only if that is safe there.
     pub fn allow_cors_preflight(mut self, allow: bool) -> Self {
         Arc::make_mut(&mut self.config).allow_cors_preflight = allow;
+        self
+    }
+}
+
+impl TokenLayer {
+    /// Accept only sender-constrained (DPoP-bound) tokens: unbound tokens get 401
+    /// `invalid_token`. Set by [`McpAuth`](crate::McpAuth) for DPoP mode `required`.
+    pub fn require_dpop(mut self, required: bool) -> Self {
+        Arc::make_mut(&mut self.config).dpop_required = required;
         self
     }
 }

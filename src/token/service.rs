@@ -11,7 +11,10 @@ use super::body::ResponseBody;
 use super::credentials::{self, Credentials, Scheme};
 use super::future::ResponseFuture;
 use super::layer::TokenConfig;
-use crate::error::AuthErrorKind;
+use crate::dpop::DpopEvidence;
+use crate::error::{AuthError, AuthErrorKind};
+use crate::mtls::ClientCertificate;
+use crate::principal::{Binding, Principal};
 
 /// Authenticates each request before calling `S`; built by [`TokenLayer`](super::TokenLayer).
 #[derive(Clone)]
@@ -65,29 +68,79 @@ where
         if config.allow_cors_preflight && is_cors_preflight(&req) {
             return ResponseFuture::called(self.inner.call(req));
         }
-        let token =
+        let (token, dpop) =
             match credentials::extract(req.headers(), req.uri(), config.max_authorization_len) {
                 Ok(Credentials {
                     scheme: Scheme::Bearer,
                     token,
-                }) => token.to_owned(),
+                }) => (token.to_owned(), None),
                 Ok(Credentials {
                     scheme: Scheme::Dpop,
-                    ..
-                }) => {
-                    // Fail closed until a DPoP proof layer supplies verified evidence.
-                    return ResponseFuture::rejected(
-                        config.reject(AuthErrorKind::DpopNotEnabled.into()),
-                    );
-                }
+                    token,
+                }) => match req.extensions().get::<DpopEvidence>() {
+                    Some(evidence) => (token.to_owned(), Some(evidence.clone())),
+                    // No proof layer verified a proof: fail closed, never fall back to bearer.
+                    None => {
+                        let error = AuthError::from(AuthErrorKind::DpopNotEnabled).on_dpop();
+                        return ResponseFuture::rejected(config.reject(error));
+                    }
+                },
                 Err(error) => return ResponseFuture::rejected(config.reject(error)),
             };
+        let certificate = req
+            .extensions()
+            .get::<ClientCertificate>()
+            .map(|c| c.thumbprint().to_owned());
         let verifier = config.verifier.clone();
-        let verify = Box::pin(async move { verifier.verify(&token).await });
+        let dpop_required = config.dpop_required;
+        let verify = Box::pin(async move {
+            let on_scheme = |e: AuthError| if dpop.is_some() { e.on_dpop() } else { e };
+            let principal = verifier.verify(&token).await.map_err(on_scheme)?;
+            let (binding, key) =
+                bind(&principal, dpop.as_ref(), certificate.as_deref(), dpop_required)
+                    .map_err(on_scheme)?;
+            // Replay protection last: a proof is used up only by a request that passed all else.
+            if let Some(evidence) = &dpop {
+                evidence.record_use().await?;
+            }
+            Ok(principal.bound(binding, key))
+        });
         // Drive the service that was polled ready; leave a fresh clone in its place.
         let clone = self.inner.clone();
         let ready = std::mem::replace(&mut self.inner, clone);
         ResponseFuture::verifying(verify, req, ready, config.clone())
+    }
+}
+
+/// Checks the token's confirmation (`cnf`) against the evidence (RFC 9449 §7, RFC 8705 §3).
+fn bind(
+    principal: &Principal,
+    dpop: Option<&DpopEvidence>,
+    certificate: Option<&str>,
+    dpop_required: bool,
+) -> Result<(Binding, Option<String>), AuthError> {
+    let cnf = principal.confirmation();
+    let jkt = cnf.and_then(|c| c.jkt.as_deref());
+    let x5t = cnf.and_then(|c| c.x5t_s256.as_deref());
+    if let Some(x5t) = x5t
+        && certificate != Some(x5t)
+    {
+        return Err(AuthErrorKind::CertificateMismatch.into());
+    }
+    match (jkt, dpop) {
+        (Some(jkt), Some(evidence)) if evidence.jkt() == jkt => {
+            Ok((Binding::Dpop, Some(jkt.to_owned())))
+        }
+        (Some(_), Some(_)) => Err(AuthErrorKind::DpopKeyMismatch.into()),
+        // A DPoP-bound token presented as a bearer token (RFC 9449 §7.2).
+        (Some(_), None) => Err(AuthErrorKind::MissingProofOfPossession.into()),
+        // A proof with a token not bound to its key proves nothing about the token.
+        (None, Some(_)) => Err(AuthErrorKind::DpopKeyMismatch.into()),
+        (None, None) if dpop_required => Err(AuthErrorKind::DpopRequired.into()),
+        (None, None) => match x5t {
+            Some(x5t) => Ok((Binding::Mtls, Some(x5t.to_owned()))),
+            None => Ok((Binding::Bearer, None)),
+        },
     }
 }
 

@@ -30,6 +30,14 @@
 // intersected with 'notes:read notes:write notes:admin' (no `scope` parameter, or
 // none of those, means no `scope` claim at all). Without a `resource` parameter the
 // AS issues an opaque (non-JWT) token, unless AS_DEFAULT_RESOURCE is set.
+//
+// DPoP (RFC 9449): a token request that carries a `DPoP` proof header (typ dpop+jwt,
+// htm POST, htu ISSUER/token, signed with one of DPOP_SIGNING_ALGS) gets a DPoP-bound
+// token: `token_type: "DPoP"` in the response and `cnf: { jkt }` (the RFC 7638 SHA-256
+// thumbprint of the proof's `jwk`) in the JWT; everything else as above. Requests without
+// a `DPoP` header get Bearer tokens exactly as before. Replayed proofs (same jti) are
+// refused. AS_DPOP_NONCES=1 makes the token endpoint demand a server nonce in every proof
+// (400 `use_dpop_nonce` with a `DPoP-Nonce` header first); off by default.
 import * as http from 'node:http';
 import * as crypto from 'node:crypto';
 import { pathToFileURL } from 'node:url';
@@ -43,6 +51,8 @@ export const CLIENT_ID_2 = 'interop-client-2';
 export const CLIENT_SECRET_2 = 'interop-secret-2';
 export const RESOURCE_SCOPE = 'notes:read notes:write notes:admin';
 export const ACCESS_TOKEN_TTL = 600;
+/** The proof algorithms the token endpoint accepts (`dpop_signing_alg_values_supported`). */
+export const DPOP_SIGNING_ALGS = ['ES256', 'ES384', 'EdDSA', 'Ed25519', 'PS256', 'RS256'];
 
 const LOOPBACK_HOSTS = new Set(['127.0.0.1', 'localhost', '[::1]']);
 
@@ -64,7 +74,7 @@ async function signingJwk(alg, options) {
   };
 }
 
-export async function buildConfiguration({ accessTokenAlg = 'ES256' } = {}) {
+export async function buildConfiguration({ accessTokenAlg = 'ES256', dpopNonces = false } = {}) {
   if (!['ES256', 'RS256'].includes(accessTokenAlg)) {
     throw new Error(`unsupported access token alg ${accessTokenAlg} (ES256 or RS256)`);
   }
@@ -109,6 +119,16 @@ export async function buildConfiguration({ accessTokenAlg = 'ES256' } = {}) {
       devInteractions: { enabled: false },
       clientCredentials: { enabled: true },
       introspection: { enabled: true },
+      // DPoP-bound tokens for token requests with a DPoP proof (oidc-provider 9 enables
+      // DPoP by default; spelled out here). Nonces only with AS_DPOP_NONCES=1.
+      dPoP: {
+        enabled: true,
+        nonceSecret: dpopNonces ? crypto.randomBytes(32) : undefined,
+        requireNonce(_ctx) {
+          return dpopNonces;
+        },
+        allowReplay: false,
+      },
       revocation: { enabled: false },
       resourceIndicators: {
         enabled: true,
@@ -125,6 +145,9 @@ export async function buildConfiguration({ accessTokenAlg = 'ES256' } = {}) {
           return resourceServerInfo(resourceIndicator);
         },
       },
+    },
+    enabledJWA: {
+      dPoPSigningAlgValues: DPOP_SIGNING_ALGS,
     },
     // Static scopes the AS knows about besides the resource server scopes.
     scopes: ['openid', 'offline_access'],
@@ -144,7 +167,9 @@ export async function buildConfiguration({ accessTokenAlg = 'ES256' } = {}) {
   };
 }
 
-export async function startAuthorizationServer({ port = 0, host = '127.0.0.1', accessTokenAlg } = {}) {
+export async function startAuthorizationServer({
+  port = 0, host = '127.0.0.1', accessTokenAlg, dpopNonces,
+} = {}) {
   // Bind first so that port 0 works: the issuer must contain the real port.
   const server = http.createServer();
   await new Promise((resolve, reject) => {
@@ -155,7 +180,7 @@ export async function startAuthorizationServer({ port = 0, host = '127.0.0.1', a
     });
   });
   const issuer = `http://${host}:${server.address().port}`;
-  const provider = new Provider(issuer, await buildConfiguration({ accessTokenAlg }));
+  const provider = new Provider(issuer, await buildConfiguration({ accessTokenAlg, dpopNonces }));
   server.on('request', provider.callback());
   return { issuer, provider, server };
 }
@@ -169,7 +194,8 @@ async function main() {
   }
 
   const accessTokenAlg = process.env.AS_ACCESS_TOKEN_ALG || 'ES256';
-  const { issuer, server } = await startAuthorizationServer({ port, accessTokenAlg });
+  const dpopNonces = process.env.AS_DPOP_NONCES === '1';
+  const { issuer, server } = await startAuthorizationServer({ port, accessTokenAlg, dpopNonces });
 
   const shutdown = () => {
     server.close(() => process.exit(0));

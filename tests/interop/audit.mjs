@@ -14,6 +14,9 @@
 //     = the operations of the body (so `mcp[0].target` is the tool);
 //   - a request with a valid token: `principal` (issuer, subject, client_id, scopes) and
 //     `token` (jti, thumbprint = base64url(SHA-256(token)), binding) match the token sent;
+//     for `Authorization: DPoP` `binding: "dpop"` and `key_thumbprint` = the token's cnf.jkt;
+//   - a server started with `--dpop allowed|required` answers with a Bearer challenge first
+//     and at most one DPoP challenge; the error is read from whichever carries one;
 //     without a valid token neither is present; `session` = base64url(SHA-256(Mcp-Session-Id));
 //   - no credential at all in the file: no value of lib.mjs's SECRETS (nor a token's
 //     signature segment or first 40 characters), no `Bearer `, no raw Mcp-Session-Id.
@@ -21,7 +24,7 @@ import { it } from 'node:test';
 import assert from 'node:assert/strict';
 
 import {
-  SECRETS, bearerChallenge, decodeJwt, readAuditLog, sha256b64u, stopNotesServer,
+  SECRETS, authChallenges, bearerChallenge, decodeJwt, readAuditLog, sha256b64u, stopNotesServer,
 } from './lib.mjs';
 
 /** Reasons of the token layer: no principal is established. */
@@ -32,6 +35,9 @@ const TOKEN_REASONS = new Set([
   'invalid_signature', 'untrusted_issuer', 'wrong_audience', 'expired', 'not_yet_valid',
   'issued_in_future', 'lifetime_too_long', 'missing_claim', 'invalid_claim',
   'missing_proof_of_possession', 'revoked', 'keys_unavailable', 'audit_unavailable',
+  // DPoP (RFC 9449) and other sender constraints
+  'missing_dpop_proof', 'multiple_dpop_proofs', 'invalid_dpop_proof', 'dpop_replay', 'use_dpop_nonce',
+  'dpop_key_mismatch', 'dpop_required', 'replay_store_full', 'certificate_mismatch',
 ]);
 /** Reasons of the policy layer that come after the body was classified (`mcp` is filled). */
 const DECIDED_REASONS = new Set(['insufficient_scope', 'access_denied']);
@@ -84,7 +90,7 @@ function operationsOf(body) {
   });
 }
 
-function expectedPrincipal(token) {
+function expectedPrincipal(token, binding = 'bearer') {
   const { payload } = decodeJwt(token);
   return {
     principal: {
@@ -97,10 +103,24 @@ function expectedPrincipal(token) {
     token: {
       jti: payload.jti ?? null,
       thumbprint: sha256b64u(token),
-      binding: 'bearer',
-      key_thumbprint: null,
+      binding,
+      key_thumbprint: binding === 'dpop' ? (payload.cnf?.jkt ?? null) : null,
     },
   };
+}
+
+/**
+ * The challenge parameters of a DPoP-enabled server's answer: a Bearer challenge first, at
+ * most one DPoP challenge (with `algs`), nothing else; the parameters of the one carrying
+ * `error` (the DPoP one if both do), else of the Bearer one.
+ */
+function dpopServerChallenge(value, at) {
+  const c = authChallenges(value);
+  assert.equal(c.order[0], 'bearer', at(`the Bearer challenge comes first in ${JSON.stringify(value)}`));
+  assert.ok(c.order.every((s) => s === 'bearer' || s === 'dpop'), at(`only Bearer and DPoP challenges in ${JSON.stringify(value)}`));
+  if (c.dpop) assert.ok(c.dpop.params.algs, at(`the DPoP challenge names algs in ${JSON.stringify(value)}`));
+  if (c.dpop?.params.error !== undefined) return c.dpop.params;
+  return c.bearer.params;
 }
 
 /** Checks one event against the request it records; returns a short classification. */
@@ -128,7 +148,11 @@ function checkEvent(server, req, ev) {
   if (req.expect.decision) assert.equal(ev.decision, req.expect.decision, at('decision'));
 
   let challenge;
-  if (req.wwwAuthenticate !== null) challenge = bearerChallenge(req.wwwAuthenticate);
+  if (req.wwwAuthenticate !== null) {
+    challenge = server.dpop !== undefined && server.dpop !== 'off'
+      ? dpopServerChallenge(req.wwwAuthenticate, at)
+      : bearerChallenge(req.wwwAuthenticate);
+  }
   let reason = req.expect.reason;
   if (reason === undefined) {
     if (req.status === 401 && req.authorization.length === 0) reason = 'missing_credentials';
@@ -156,10 +180,11 @@ function checkEvent(server, req, ev) {
 
   // the caller: present exactly when a valid bearer token was checked (everything but the
   // protected resource metadata, which is public)
-  const authenticated = req.bearer !== undefined && !req.path.startsWith(METADATA_PREFIX)
+  const presented = req.bearer ?? req.dpopToken;
+  const authenticated = presented !== undefined && !req.path.startsWith(METADATA_PREFIX)
     && !TOKEN_REASONS.has(ev.reason) && req.status !== 401;
   if (authenticated) {
-    const want = expectedPrincipal(req.bearer);
+    const want = expectedPrincipal(presented, req.bearer !== undefined ? 'bearer' : 'dpop');
     assert.deepEqual(
       { ...ev.principal, scopes: [...(ev.principal?.scopes ?? [])].sort() },
       want.principal,

@@ -1,15 +1,21 @@
 // Helpers for the interop tests (*.test.mjs): child processes, tokens from the
-// oidc-provider AS (as.mjs), a minimal MCP streamable-HTTP client, token tampering, and
-// for the audit-log checks (audit.mjs) the per-server request ledger and the SECRETS set.
+// oidc-provider AS (as.mjs), a minimal MCP streamable-HTTP client, token tampering, DPoP
+// (RFC 9449: bound tokens, proofs from the `dpop` package, hostile proofs signed by hand),
+// and for the audit-log checks (audit.mjs) the per-server request ledger and the SECRETS set.
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { createHash, createPublicKey } from 'node:crypto';
+import {
+  KeyObject, constants as cryptoConstants, createHash, createPublicKey, generateKeyPairSync, randomUUID,
+  sign as cryptoSign,
+} from 'node:crypto';
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import * as http from 'node:http';
 import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 
+import * as DPoP from 'dpop';
 import { SignJWT, generateKeyPair } from 'jose';
 
 export const HERE = path.dirname(fileURLToPath(import.meta.url));
@@ -215,6 +221,9 @@ export const NOTES_SERVER_STOP_GRACE_MS = 10_000;
  *   config   (resource, issuer) => TOML text: written to a temporary file and passed as
  *            `--config FILE` instead of `--issuer`/`--jwks-uri` (the file must then name
  *            the issuer itself); the file is removed when this process exits.
+ *
+ * `dpop` in the result is the `--dpop` mode given in `args` ('off' without one); the audit
+ * checks then expect a DPoP challenge beside the Bearer one.
  */
 export async function startNotesServer(issuer, { args: extraArgs = [], config } = {}) {
   const bin = notesServerBin();
@@ -238,8 +247,10 @@ export async function startNotesServer(issuer, { args: extraArgs = [], config } 
       ], { ready: /listening on http:\/\/(\[[0-9A-Fa-f:]+\]:\d+|[0-9A-Za-z.-]+:\d+)/ });
       const addr = match[1];
       assert.equal(addr.replace(/\/+$/, ''), `127.0.0.1:${port}`, `notes_server listens on ${addr}, expected port ${port}`);
+      const dpopAt = extraArgs.lastIndexOf('--dpop');
       const server = {
         child, log, port, resource, origin: `http://127.0.0.1:${port}`, auditLog, requests: [],
+        dpop: dpopAt === -1 ? 'off' : String(extraArgs[dpopAt + 1]),
       };
       notesServers.set(server.origin, server);
       return server;
@@ -354,26 +365,31 @@ function headerValues(headers, name) {
 }
 
 /**
- * Records one request about to be sent: the credentials in it go to SECRETS, and if `url`
- * is a notes_server of this process, an entry is appended to its `requests` ledger and
- * returned (else undefined). The caller must send `x-request-id: entry.id` (the audit
+ * Records one request about to be sent: the credentials in it (Authorization, DPoP proofs)
+ * go to SECRETS, and if `url` is a notes_server of this process, an entry is appended to
+ * its `requests` ledger and returned (else undefined). `bearer` / `dpopToken` is the token
+ * of a single `Authorization: Bearer` / `DPoP` header, `dpopProofs` the `DPoP` header values. The caller must send `x-request-id: entry.id` (the audit
  * event's `request_id`) and call finishRequest with what it got back. `entry.expect` may
  * be filled in (expectAudit) with what the audit event must say.
  */
 export function trackRequest(url, { method = 'GET', headers, body } = {}) {
   for (const v of headerValues(headers, 'authorization')) recordAuthorization(v);
+  for (const v of headerValues(headers, 'dpop')) recordSecret(v);
   const u = new URL(url);
   const server = notesServers.get(u.origin);
   if (!server) return undefined;
   requestCounter += 1;
   const authorization = headerValues(headers, 'authorization');
   const bearer = authorization.length === 1 ? /^bearer[ \t]+(\S+)[ \t]*$/i.exec(authorization[0])?.[1] : undefined;
+  const dpopToken = authorization.length === 1 ? /^dpop[ \t]+(\S+)[ \t]*$/i.exec(authorization[0])?.[1] : undefined;
   const entry = {
     id: `interop-${process.pid}-${requestCounter}`,
     method: method.toUpperCase(),
     path: u.pathname,
     authorization,
     bearer,
+    dpopToken,
+    dpopProofs: headerValues(headers, 'dpop'),
     sessionIds: headerValues(headers, 'mcp-session-id'),
     body: typeof body === 'string' ? body : undefined,
     status: undefined,
@@ -783,4 +799,283 @@ export async function httpRequest(url, { method = 'POST', headers = {}, body } =
   } finally {
     clearTimeout(timer);
   }
+}
+
+// ---------------------------------------------------------------------------
+// DPoP (RFC 9449)
+//
+// A DPoP key pair: { alg, privateKey, publicKey, jwk, thumbprint }. ES256, RS256, PS256 and
+// Ed25519 keys come from the `dpop` package (WebCrypto CryptoKeys; its proofs are the normal
+// ones); ES384 and EdDSA (Ed25519 under the older alg name), which it does not make, are
+// node:crypto KeyObjects and their proofs are signed here. `jwk` is the public JWK that goes
+// into proof headers, `thumbprint` its RFC 7638 SHA-256 thumbprint (the `cnf.jkt` of tokens
+// bound to it), computed here independently of the package and of the AS.
+
+/** Proof algs the `dpop` package signs. */
+const DPOP_PACKAGE_ALGS = new Set(['ES256', 'RS256', 'PS256', 'Ed25519']);
+/** Every proof alg these helpers can sign. */
+export const DPOP_ALGS = ['ES256', 'ES384', 'EdDSA', 'Ed25519', 'PS256', 'RS256'];
+
+const toKeyObject = (key) => (key instanceof KeyObject ? key : KeyObject.from(key));
+
+/** The public JWK of a key (only the RFC 7638 members: kty, crv, x, y, n, e). */
+export function publicJwk(key) {
+  const obj = toKeyObject(key);
+  const full = (obj.type === 'public' ? obj : createPublicKey(obj)).export({ format: 'jwk' });
+  const out = {};
+  for (const k of ['kty', 'crv', 'x', 'y', 'n', 'e']) if (full[k] !== undefined) out[k] = full[k];
+  return out;
+}
+
+/** RFC 7638 JWK SHA-256 thumbprint, base64url. */
+export function jwkThumbprint(jwk) {
+  const members = {
+    EC: ['crv', 'kty', 'x', 'y'], OKP: ['crv', 'kty', 'x'], RSA: ['e', 'kty', 'n'],
+  }[jwk.kty];
+  assert.ok(members, `jwkThumbprint: unsupported kty ${jwk.kty}`);
+  const canonical = `{${members.map((m) => `${JSON.stringify(m)}:${JSON.stringify(jwk[m])}`).join(',')}}`;
+  return createHash('sha256').update(canonical, 'utf8').digest('base64url');
+}
+
+/** A fresh DPoP key pair for `alg` (one of DPOP_ALGS), see above. */
+export async function generateDpopKeyPair(alg = 'ES256') {
+  let pair;
+  if (DPOP_PACKAGE_ALGS.has(alg)) {
+    pair = await DPoP.generateKeyPair(alg);
+  } else if (alg === 'ES384') {
+    pair = generateKeyPairSync('ec', { namedCurve: 'P-384' });
+  } else if (alg === 'EdDSA') {
+    pair = generateKeyPairSync('ed25519');
+  } else {
+    throw new Error(`generateDpopKeyPair: unsupported alg ${alg} (${DPOP_ALGS.join(', ')})`);
+  }
+  const jwk = publicJwk(pair.publicKey);
+  return {
+    alg, privateKey: pair.privateKey, publicKey: pair.publicKey, jwk, thumbprint: jwkThumbprint(jwk),
+  };
+}
+
+/**
+ * Signs a JWS (compact) over `header` and `payload` with node:crypto. Either may be an object
+ * (JSON-encoded) or a string (used as the exact JSON text, e.g. with duplicate members).
+ * `alg` (default header.alg): ES256, ES384, EdDSA/Ed25519, RS256, PS256; 'none' gives an
+ * empty signature. Nothing is checked: header and key may disagree on purpose.
+ */
+export function signJws(header, payload, privateKey, alg = header.alg) {
+  const enc = (part) => Buffer.from(typeof part === 'string' ? part : JSON.stringify(part), 'utf8').toString('base64url');
+  const input = `${enc(header)}.${enc(payload)}`;
+  if (alg === 'none') return `${input}.`;
+  const key = toKeyObject(privateKey);
+  const data = Buffer.from(input, 'ascii');
+  let sig;
+  switch (alg) {
+    case 'ES256': sig = cryptoSign('sha256', data, { key, dsaEncoding: 'ieee-p1363' }); break;
+    case 'ES384': sig = cryptoSign('sha384', data, { key, dsaEncoding: 'ieee-p1363' }); break;
+    case 'EdDSA': case 'Ed25519': sig = cryptoSign(null, data, key); break;
+    case 'RS256': sig = cryptoSign('sha256', data, key); break;
+    case 'PS256': sig = cryptoSign('sha256', data, {
+      key, padding: cryptoConstants.RSA_PKCS1_PSS_PADDING, saltLength: 32,
+    }); break;
+    default: throw new Error(`signJws: unsupported alg ${alg}`);
+  }
+  return `${input}.${sig.toString('base64url')}`;
+}
+
+/**
+ * A proof signed here, for hostile cases: the normal header `{ typ: 'dpop+jwt', alg, jwk }`
+ * and claims `{ jti, htm, htu, iat, ath?, nonce? }` (ath = base64url(SHA-256(accessToken))),
+ * then `header` / `claims` merged over them (a member set to undefined is removed), signed
+ * with `signWith` (default the pair's own private key) under `alg` (default the header's).
+ * Recorded in SECRETS.
+ *
+ *   craftDpopProof(kp, { htm: 'POST', htu, accessToken, claims: { htm: 'GET' } })
+ *   craftDpopProof(kp, { htm: 'POST', htu, accessToken, header: { typ: 'JWT' } })
+ *   craftDpopProof(kp, { htm: 'POST', htu, accessToken, claims: { jti: undefined } })
+ */
+export function craftDpopProof(keyPair, {
+  htm = 'POST', htu, accessToken, nonce, jti = randomUUID(), iat = Math.floor(Date.now() / 1000),
+  header = {}, claims = {}, signWith = keyPair.privateKey, alg,
+} = {}) {
+  const merge = (base, over) => {
+    const out = { ...base, ...over };
+    for (const [k, v] of Object.entries(out)) if (v === undefined) delete out[k];
+    return out;
+  };
+  const h = merge({ typ: 'dpop+jwt', alg: keyPair.alg, jwk: keyPair.jwk }, header);
+  const c = merge({
+    jti, htm, htu, iat, ath: accessToken === undefined ? undefined : sha256b64u(accessToken), nonce,
+  }, claims);
+  return recordSecret(signJws(h, c, signWith, alg ?? h.alg));
+}
+
+/**
+ * A normal proof for one request: from the `dpop` package (fresh jti, iat now) when it can
+ * make it, else (ES384, EdDSA, or a fixed `jti` / `iat` asked for) signed here the same way.
+ * `accessToken` adds `ath`, `nonce` the server's nonce. Recorded in SECRETS.
+ */
+export async function dpopProof(keyPair, {
+  htm = 'POST', htu, accessToken, nonce, jti, iat,
+} = {}) {
+  assert.equal(typeof htu, 'string', 'dpopProof: htu');
+  if (jti === undefined && iat === undefined && DPOP_PACKAGE_ALGS.has(keyPair.alg) && !(keyPair.privateKey instanceof KeyObject)) {
+    return recordSecret(await DPoP.generateProof(keyPair, htu, htm, nonce, accessToken));
+  }
+  return craftDpopProof(keyPair, {
+    htm, htu, accessToken, nonce, ...(jti === undefined ? {} : { jti }), ...(iat === undefined ? {} : { iat }),
+  });
+}
+
+/**
+ * A DPoP-bound access token by client credentials: the token request carries a proof for
+ * `POST ISSUER/token` made with `keyPair` (default: a fresh ES256 pair). If the AS answers
+ * `use_dpop_nonce` (as.mjs with AS_DPOP_NONCES=1) the request is repeated once with its
+ * `DPoP-Nonce`. Asserts `token_type: "DPoP"` and `cnf.jkt` = the key's thumbprint. Returns
+ * the token response plus `keyPair` and `jkt`. `as`: the issuer URL or an object with `issuer`.
+ */
+export async function getDpopToken(as, {
+  resource, scope, keyPair, auth = 'basic', clientId = CLIENT_ID, clientSecret = CLIENT_SECRET,
+} = {}) {
+  const issuer = typeof as === 'string' ? as : as.issuer;
+  const kp = keyPair ?? await generateDpopKeyPair('ES256');
+  const body = new URLSearchParams({ grant_type: 'client_credentials' });
+  if (resource !== undefined) body.set('resource', resource);
+  if (scope !== undefined) body.set('scope', scope);
+  const headers = { 'content-type': 'application/x-www-form-urlencoded' };
+  if (auth === 'basic') {
+    headers.authorization = `Basic ${Buffer.from(`${clientId}:${clientSecret}`).toString('base64')}`;
+  } else {
+    body.set('client_id', clientId);
+    body.set('client_secret', clientSecret);
+  }
+  recordSecret(clientSecret);
+  let nonce;
+  for (let attempt = 0; ; attempt += 1) {
+    headers.dpop = await dpopProof(kp, { htm: 'POST', htu: `${issuer}/token`, nonce });
+    const res = await trackedFetch(`${issuer}/token`, {
+      method: 'POST', headers, body, signal: AbortSignal.timeout(REQUEST_TIMEOUT_MS),
+    });
+    const json = await res.json();
+    recordSecret(json.access_token);
+    const fresh = res.headers.get('dpop-nonce');
+    if (res.status === 400 && json.error === 'use_dpop_nonce' && fresh && attempt === 0) {
+      nonce = fresh;
+      continue;
+    }
+    assert.equal(res.status, 200, `token endpoint (DPoP): ${res.status} ${JSON.stringify(json)}`);
+    assert.equal(json.token_type, 'DPoP', `token_type of a DPoP-bound token: ${JSON.stringify(json)}`);
+    const jkt = json.access_token.includes('.') ? decodeJwt(json.access_token).payload.cnf?.jkt : undefined;
+    if (resource !== undefined) assert.equal(jkt, kp.thumbprint, 'cnf.jkt = the proof key\'s RFC 7638 thumbprint');
+    return { ...json, keyPair: kp, jkt };
+  }
+}
+
+/**
+ * The challenges of a WWW-Authenticate value (or of several header fields, joined):
+ * `{ bearer, dpop, byScheme, order, list }`, each challenge `{ scheme, params, token68 }`
+ * (see parseWwwAuthenticate), `byScheme` keyed by lower-cased scheme, `order` the schemes as
+ * sent. Asserts no scheme is repeated.
+ */
+export function authChallenges(value) {
+  const list = parseWwwAuthenticate(Array.isArray(value) ? value.join(', ') : value);
+  const byScheme = {};
+  for (const c of list) {
+    const key = c.scheme.toLowerCase();
+    assert.ok(!Object.hasOwn(byScheme, key), `one ${c.scheme} challenge in ${JSON.stringify(value)}`);
+    byScheme[key] = c;
+  }
+  return {
+    bearer: byScheme.bearer, dpop: byScheme.dpop, byScheme, order: list.map((c) => c.scheme.toLowerCase()), list,
+  };
+}
+
+/**
+ * One POST to a notes_server (`server` object or its resource URL) with node:http, so that
+ * a header given as an array goes out as repeated header lines (two `DPoP` headers).
+ * Headers: Accept, Content-Type: application/json, Mcp-Protocol-Version,
+ * `Authorization: ${scheme} ${token}` (scheme 'DPoP' unless given; none without `token`),
+ * `DPoP: proof` (none without `proof`; an array → one line each), then `extraHeaders`
+ * (undefined removes one). `body` is a JSON-RPC message (object) or raw text. Tracked like
+ * every request (audit ledger; token and proofs go to SECRETS).
+ *
+ * Returns { audit, status, headers, wwwAuthenticate (fields joined by ", ", or null),
+ * wwwAuthenticateFields (array), challenges (authChallenges of them, or undefined),
+ * dpopNonce, text, messages, response (the JSON-RPC answer to the body's id) }.
+ */
+export async function mcpPostDpop(server, {
+  token, proof, body, extraHeaders = {}, scheme = 'DPoP', protocolVersion = PROTOCOL_VERSION, sessionId,
+} = {}) {
+  const url = typeof server === 'string' ? server : server.resource;
+  const text = typeof body === 'string' ? body : JSON.stringify(body);
+  const headers = {
+    accept: 'application/json, text/event-stream',
+    'content-type': 'application/json',
+    'mcp-protocol-version': protocolVersion,
+  };
+  if (token !== undefined) headers.authorization = `${scheme} ${token}`;
+  if (proof !== undefined) headers.dpop = proof;
+  if (sessionId !== undefined) headers['mcp-session-id'] = sessionId;
+  for (const [k, v] of Object.entries(extraHeaders)) {
+    if (v === undefined) delete headers[k.toLowerCase()];
+    else headers[k.toLowerCase()] = v;
+  }
+  recordSecret(token);
+  const entry = trackRequest(url, { method: 'POST', headers, body: text });
+  if (entry) headers['x-request-id'] = entry.id;
+  headers['content-length'] = Buffer.byteLength(text);
+  const u = new URL(url);
+  let res;
+  try {
+    res = await new Promise((resolve, reject) => {
+      const req = http.request({
+        host: u.hostname, port: u.port, path: `${u.pathname}${u.search}`, method: 'POST', headers, timeout: REQUEST_TIMEOUT_MS,
+      }, (r) => {
+        let out = '';
+        r.setEncoding('utf8');
+        r.on('data', (c) => { out += c; });
+        r.on('end', () => resolve({ r, text: out }));
+        r.on('error', reject);
+      });
+      req.on('timeout', () => req.destroy(new Error(`timeout: POST ${url}`)));
+      req.on('error', reject);
+      req.end(text);
+    });
+  } catch (err) {
+    finishRequest(entry, { error: err });
+    throw err;
+  }
+  const { r } = res;
+  const fields = r.headersDistinct['www-authenticate'] ?? [];
+  const wwwAuthenticate = fields.length ? fields.join(', ') : null;
+  finishRequest(entry, { status: r.statusCode, wwwAuthenticate });
+  const out = {
+    audit: entry,
+    status: r.statusCode,
+    headers: r.headers,
+    wwwAuthenticate,
+    wwwAuthenticateFields: fields,
+    challenges: wwwAuthenticate === null ? undefined : authChallenges(wwwAuthenticate),
+    dpopNonce: r.headers['dpop-nonce'],
+    text: res.text,
+    messages: [],
+    response: undefined,
+  };
+  const type = String(r.headers['content-type'] ?? '').toLowerCase();
+  const payloads = type.startsWith('text/event-stream') ? parseSse(`${res.text}\n\n`)[0] : [res.text];
+  for (const p of payloads) {
+    if (!p.trim()) continue;
+    try {
+      const parsed = JSON.parse(p);
+      out.messages.push(...(Array.isArray(parsed) ? parsed : [parsed]));
+    } catch {
+      // not JSON
+    }
+  }
+  let id;
+  try {
+    id = JSON.parse(text)?.id;
+  } catch {
+    id = undefined;
+  }
+  out.response = out.messages.find((m) => id !== undefined && m.id === id && !m.method);
+  return out;
 }

@@ -1,0 +1,149 @@
+//! DPoP proof verification (RFC 9449 §4.3), in the order the RFC gives, cheapest first.
+
+use std::borrow::Cow;
+
+use serde::Deserialize;
+use serde::de::Deserializer;
+use serde_json::value::RawValue;
+
+use super::htu::normalize_htu;
+use crate::crypto::provider;
+use crate::error::{AuthError, AuthErrorKind};
+use crate::jose::{CompactJws, json_object, numeric_date, present, string, thumbprint};
+use crate::keys::{AlgorithmSet, SigningAlgorithm, proof_key};
+
+/// What a proof is checked against.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ProofContext<'a> {
+    /// The request method (compared with `htm`, case-sensitively).
+    pub(crate) method: &'a str,
+    /// The normalized URL the proof must name in `htu`.
+    pub(crate) htu: &'a str,
+    /// The access token presented with the proof (its hash must be `ath`).
+    pub(crate) access_token: &'a str,
+    /// Seconds since the epoch.
+    pub(crate) now: u64,
+    /// How old `iat` may be.
+    pub(crate) max_age: u64,
+    /// How far in the future `iat` may be.
+    pub(crate) max_future: u64,
+    /// Allowed proof algorithms (asymmetric only).
+    pub(crate) algorithms: AlgorithmSet,
+    /// Longest proof accepted.
+    pub(crate) max_len: usize,
+}
+
+/// A proof that passed every check but replay.
+#[derive(Debug, Clone)]
+pub(crate) struct VerifiedProof {
+    /// RFC 7638 SHA-256 thumbprint of the proof key.
+    pub(crate) jkt: String,
+    /// The proof's `jti`.
+    pub(crate) jti: String,
+    /// The proof's `nonce`, if any.
+    pub(crate) nonce: Option<String>,
+}
+
+fn invalid(detail: &'static str) -> AuthError {
+    AuthError::new(AuthErrorKind::InvalidDpopProof).with_detail(detail)
+}
+
+#[derive(Deserialize)]
+struct Header<'a> {
+    #[serde(default, borrow)]
+    typ: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    alg: Cow<'a, str>,
+    #[serde(default, borrow, deserialize_with = "raw")]
+    jwk: Option<&'a RawValue>,
+    #[serde(default, deserialize_with = "present")]
+    crit: bool,
+}
+
+fn raw<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+    <&RawValue>::deserialize(d).map(Some)
+}
+
+#[derive(Deserialize)]
+struct Claims {
+    #[serde(default, deserialize_with = "string")]
+    jti: Option<String>,
+    #[serde(default, deserialize_with = "string")]
+    htm: Option<String>,
+    #[serde(default, deserialize_with = "string")]
+    htu: Option<String>,
+    #[serde(default, deserialize_with = "numeric_date")]
+    iat: Option<u64>,
+    #[serde(default, deserialize_with = "string")]
+    ath: Option<String>,
+    #[serde(default, deserialize_with = "string")]
+    nonce: Option<String>,
+}
+
+/// Longest `jti` accepted.
+const MAX_JTI_LEN: usize = 256;
+
+/// Verifies `proof` for the request described by `ctx`.
+pub(crate) fn verify_proof(proof: &str, ctx: &ProofContext<'_>) -> Result<VerifiedProof, AuthError> {
+    if proof.len() > ctx.max_len {
+        return Err(invalid("too large"));
+    }
+    let jws = CompactJws::split(proof).ok_or_else(|| invalid("not a compact JWS"))?;
+    let header_bytes = jws.header().map_err(|_| invalid("bad base64url"))?;
+    let header: Header<'_> =
+        json_object(&header_bytes, AuthErrorKind::InvalidDpopProof).map_err(|_| invalid("bad header"))?;
+    if header.crit {
+        return Err(invalid("unsupported critical header"));
+    }
+    if !header
+        .typ
+        .as_deref()
+        .is_some_and(|t| t.eq_ignore_ascii_case("dpop+jwt"))
+    {
+        return Err(invalid("typ is not dpop+jwt"));
+    }
+    let alg = SigningAlgorithm::from_alg(&header.alg)
+        .filter(|a| !a.is_symmetric() && ctx.algorithms.contains(*a))
+        .ok_or_else(|| invalid("alg not allowed"))?;
+    let jwk = header.jwk.ok_or_else(|| invalid("no jwk"))?;
+    let (key, jkt) = proof_key(jwk.get(), alg).map_err(|_| invalid("unusable jwk"))?;
+
+    let signature = jws.signature().map_err(|_| invalid("bad base64url"))?;
+    let verifier = (provider().verifier_factory)(&alg.to_jwt(), key.decoding_key())
+        .map_err(|_| invalid("bad signature"))?;
+    verifier
+        .verify(jws.signing_input().as_bytes(), &signature)
+        .map_err(|_| invalid("bad signature"))?;
+
+    let payload = jws.payload().map_err(|_| invalid("bad base64url"))?;
+    let claims: Claims =
+        json_object(&payload, AuthErrorKind::InvalidDpopProof).map_err(|_| invalid("bad claims"))?;
+    let htm = claims.htm.ok_or_else(|| invalid("no htm"))?;
+    if htm != ctx.method {
+        return Err(invalid("htm does not match the method"));
+    }
+    let htu = claims.htu.ok_or_else(|| invalid("no htu"))?;
+    if normalize_htu(&htu).as_deref() != Some(ctx.htu) {
+        return Err(invalid("htu does not match"));
+    }
+    let iat = claims.iat.ok_or_else(|| invalid("no iat"))?;
+    if iat.saturating_add(ctx.max_age) < ctx.now {
+        return Err(invalid("iat too old"));
+    }
+    if iat > ctx.now.saturating_add(ctx.max_future) {
+        return Err(invalid("iat in the future"));
+    }
+    let ath = claims.ath.ok_or_else(|| invalid("no ath"))?;
+    if ath != thumbprint(ctx.access_token) {
+        return Err(invalid("ath does not match the token"));
+    }
+    let jti = claims.jti.ok_or_else(|| invalid("no jti"))?;
+    if jti.is_empty() || jti.len() > MAX_JTI_LEN {
+        return Err(invalid("bad jti"));
+    }
+    Ok(VerifiedProof {
+        jkt,
+        jti,
+        nonce: claims.nonce,
+    })
+}

@@ -1,0 +1,132 @@
+//! Strict JOSE plumbing shared by access tokens and DPoP proofs: compact JWS splitting with
+//! strict base64url, JSON objects only, and claim deserializers that refuse wrong types.
+
+use std::fmt;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use serde::Deserialize;
+use serde::de::{self, Deserializer, IgnoredAny};
+use sha2::{Digest, Sha256};
+
+use crate::error::{AuthError, AuthErrorKind};
+
+/// A compact JWS split into its three non-empty segments (not yet decoded).
+pub(crate) struct CompactJws<'t> {
+    header: &'t str,
+    payload: &'t str,
+    signature: &'t str,
+    signing_input: &'t str,
+}
+
+impl<'t> CompactJws<'t> {
+    /// Exactly three non-empty dot-separated segments, or `None`.
+    pub(crate) fn split(token: &'t str) -> Option<Self> {
+        let mut segments = token.split('.');
+        let (Some(header), Some(payload), Some(signature), None) = (
+            segments.next(),
+            segments.next(),
+            segments.next(),
+            segments.next(),
+        ) else {
+            return None;
+        };
+        // An empty signature is caught when decoded, after the header checks, so that
+        // `alg: none` tokens are reported as such.
+        if header.is_empty() || payload.is_empty() {
+            return None;
+        }
+        Some(Self {
+            header,
+            payload,
+            signature,
+            signing_input: &token[..header.len() + 1 + payload.len()],
+        })
+    }
+
+    /// `header.payload`, the bytes the signature covers.
+    pub(crate) fn signing_input(&self) -> &'t str {
+        self.signing_input
+    }
+
+    /// The decoded JOSE header.
+    pub(crate) fn header(&self) -> Result<Vec<u8>, AuthError> {
+        decode(self.header)
+    }
+
+    /// The decoded payload.
+    pub(crate) fn payload(&self) -> Result<Vec<u8>, AuthError> {
+        decode(self.payload)
+    }
+
+    /// The decoded signature.
+    pub(crate) fn signature(&self) -> Result<Vec<u8>, AuthError> {
+        if self.signature.is_empty() {
+            return Err(AuthError::new(AuthErrorKind::MalformedToken));
+        }
+        decode(self.signature)
+    }
+}
+
+/// Strict base64url: URL alphabet, no padding, no stray trailing bits.
+fn decode(segment: &str) -> Result<Vec<u8>, AuthError> {
+    URL_SAFE_NO_PAD
+        .decode(segment)
+        .map_err(|_| AuthError::new(AuthErrorKind::MalformedToken))
+}
+
+/// Parses a JSON object (not an array, which serde would accept for a struct).
+/// A JSON type error maps to `data_error`; anything else is a malformed token.
+pub(crate) fn json_object<'de, T: Deserialize<'de>>(
+    bytes: &'de [u8],
+    data_error: AuthErrorKind,
+) -> Result<T, AuthError> {
+    if bytes.trim_ascii_start().first() != Some(&b'{') {
+        return Err(AuthErrorKind::MalformedToken.into());
+    }
+    serde_json::from_slice(bytes).map_err(|e| match e.classify() {
+        serde_json::error::Category::Data => AuthError::new(data_error),
+        _ => AuthError::new(AuthErrorKind::MalformedToken),
+    })
+}
+
+pub(crate) fn present<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    IgnoredAny::deserialize(d).map(|_| true)
+}
+
+/// A string; `null` and other types are errors (so "present but wrong" never reads as absent).
+pub(crate) fn string<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    String::deserialize(d).map(Some)
+}
+
+/// An RFC 7519 NumericDate: a non-negative JSON number (fractions truncated). Strings, booleans
+/// and `null` are errors.
+pub(crate) fn numeric_date<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    struct Visitor;
+    impl de::Visitor<'_> for Visitor {
+        type Value = u64;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a non-negative NumericDate")
+        }
+        fn visit_u64<E: de::Error>(self, v: u64) -> Result<u64, E> {
+            Ok(v)
+        }
+        fn visit_i64<E: de::Error>(self, v: i64) -> Result<u64, E> {
+            u64::try_from(v).map_err(|_| E::custom("negative NumericDate"))
+        }
+        fn visit_f64<E: de::Error>(self, v: f64) -> Result<u64, E> {
+            if v.is_finite() && (0.0..9.0e15).contains(&v) {
+                Ok(v as u64)
+            } else {
+                Err(E::custom("NumericDate out of range"))
+            }
+        }
+    }
+    d.deserialize_any(Visitor).map(Some)
+}
+
+/// base64url(SHA-256(token)): the token's correlation id, and the DPoP `ath`.
+pub fn thumbprint(token: &str) -> String {
+    URL_SAFE_NO_PAD.encode(Sha256::digest(token.as_bytes()))
+}
+
