@@ -22,8 +22,10 @@
 //!   --sessions           rmcp's stateful mode (Mcp-Session-Id, SSE responses), sessions
 //!                        bound to the principal that created them
 //!   --audit-log FILE     audit events as JSON lines (flushed every second and on shutdown)
-//!   --dpop off|allowed|required, --introspection-endpoint URL, --client-id ID,
-//!   --client-secret S: not yet supported (the command fails)
+//!   --dpop MODE          off (default), allowed (Bearer or DPoP-bound) or required
+//!   --dpop-nonces        require server nonces in DPoP proofs
+//!   --introspection-endpoint URL, --client-id ID, --client-secret S: not yet supported
+//!                        (the command fails)
 //! ```
 //!
 //! The scope map is enforced by the policy layer before any handler runs (`--config` may
@@ -63,6 +65,7 @@ use rmcp::{
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use tower_mcp_auth::audit::{self, AuditEmitter, AuditOptions, FsyncPolicy, JsonLinesSink};
+use tower_mcp_auth::dpop::{DpopConfig, DpopMode};
 use tower_mcp_auth::policy::ToolScopes;
 use tower_mcp_auth::testing::DevIssuer;
 use tower_mcp_auth::{IssuerConfig, McpAuth, McpAuthConfig, Principal};
@@ -295,10 +298,13 @@ struct Args {
     config: Option<String>,
     sessions: bool,
     audit_log: Option<String>,
+    dpop: DpopMode,
+    dpop_nonces: bool,
 }
 
 const USAGE: &str = "usage: notes_server [--listen ADDR] [--resource URL] [--issuer URL \
-    --jwks-uri URL] [--config FILE] [--sessions] [--audit-log FILE]";
+    --jwks-uri URL] [--config FILE] [--sessions] [--audit-log FILE] \
+    [--dpop off|allowed|required] [--dpop-nonces]";
 
 fn parse_args() -> Result<Args, String> {
     let mut args = Args::default();
@@ -313,13 +319,16 @@ fn parse_args() -> Result<Args, String> {
             "--config" => args.config = Some(value()?),
             "--sessions" => args.sessions = true,
             "--dpop" => {
-                let mode = value()?;
-                if mode != "off" {
-                    return Err(format!(
-                        "--dpop {mode}: not yet supported (DPoP lands later)"
-                    ));
+                args.dpop = match value()?.as_str() {
+                    "off" => DpopMode::Off,
+                    "allowed" => DpopMode::Allowed,
+                    "required" => DpopMode::Required,
+                    other => {
+                        return Err(format!("--dpop {other}: expected off, allowed or required"));
+                    }
                 }
             }
+            "--dpop-nonces" => args.dpop_nonces = true,
             "--audit-log" => args.audit_log = Some(value()?),
             "--introspection-endpoint" | "--client-id" | "--client-secret" => {
                 return Err(format!("{flag}: not yet supported"));
@@ -365,10 +374,17 @@ fn build_auth(
         if config.resource.is_empty() {
             config.resource = resource.to_owned();
         }
+        if args.dpop != DpopMode::Off {
+            config.dpop.mode = args.dpop;
+            config.dpop.nonces |= args.dpop_nonces;
+        }
         let auth = builder.config(config).build().map_err(|e| e.to_string())?;
         return Ok((auth, None));
     }
+    let mut dpop = DpopConfig::with_mode(args.dpop);
+    dpop.nonces = args.dpop_nonces;
     let builder = builder
+        .dpop(dpop)
         .resource(resource)
         .policy(notes_scopes())
         .resource_name("Notes (tower-mcp-auth example)")

@@ -129,4 +129,3 @@ pub(crate) fn numeric_date<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64
 pub fn thumbprint(token: &str) -> String {
     URL_SAFE_NO_PAD.encode(Sha256::digest(token.as_bytes()))
 }
-

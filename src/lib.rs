@@ -57,11 +57,11 @@
 
 pub mod audit;
 pub mod config;
-pub mod dpop;
 mod crypto;
-mod jose;
+pub mod dpop;
 pub mod error;
 pub mod http_client;
+mod jose;
 pub mod keys;
 pub mod metadata;
 pub mod mtls;

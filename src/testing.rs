@@ -170,6 +170,11 @@ impl TokenBuilder<'_> {
         self.claim("client_id", client_id)
     }
 
+    /// Binds the token to a DPoP key: `cnf.jkt` = `jkt` (see [`DevDpopKey::jkt`]).
+    pub fn dpop_bound(self, jkt: &str) -> Self {
+        self.claim("cnf", json!({ "jkt": jkt }))
+    }
+
     /// Sets `exp` to now plus `lifetime`.
     pub fn expires_in(self, lifetime: Duration) -> Self {
         let exp = now() + lifetime.as_secs();
@@ -205,6 +210,152 @@ impl TokenBuilder<'_> {
         let header = Value::Object(self.header).to_string();
         let claims = Value::Object(self.claims).to_string();
         self.issuer.sign_raw(header.as_bytes(), claims.as_bytes())
+    }
+}
+
+/// A client's DPoP key (ES256) that signs proofs: for tests, the quickstart, and Rust MCP clients
+/// talking to a DPoP-protected server.
+///
+/// ```
+/// use tower_mcp_auth::testing::{DevDpopKey, DevIssuer};
+///
+/// let dev = DevIssuer::new("https://as.example.com");
+/// let key = DevDpopKey::new();
+/// let token = dev.token("https://mcp.example.com/mcp").dpop_bound(key.jkt()).sign();
+/// let proof = key.proof("POST", "https://mcp.example.com/mcp", &token);
+/// // Send: `Authorization: DPoP {token}` and `DPoP: {proof}`.
+/// # assert_eq!(proof.split('.').count(), 3);
+/// ```
+pub struct DevDpopKey {
+    key: SigningKey,
+    jwk: Value,
+    jkt: String,
+}
+
+impl DevDpopKey {
+    /// A fresh random P-256 key.
+    pub fn new() -> Self {
+        let key = SigningKey::random(&mut OsRng);
+        let point = key.verifying_key().to_encoded_point(false);
+        let x = point
+            .x()
+            .map(|x| URL_SAFE_NO_PAD.encode(x))
+            .unwrap_or_default();
+        let y = point
+            .y()
+            .map(|y| URL_SAFE_NO_PAD.encode(y))
+            .unwrap_or_default();
+        // RFC 7638: required members only, sorted, no whitespace.
+        let canonical = format!(r#"{{"crv":"P-256","kty":"EC","x":"{x}","y":"{y}"}}"#);
+        let jkt = crate::jose::thumbprint(&canonical);
+        let jwk = json!({"kty": "EC", "crv": "P-256", "x": x, "y": y});
+        Self { key, jwk, jkt }
+    }
+
+    /// The RFC 7638 SHA-256 thumbprint: the `cnf.jkt` of tokens bound to this key.
+    pub fn jkt(&self) -> &str {
+        &self.jkt
+    }
+
+    /// The public key as a JWK object (what proofs carry in their `jwk` header).
+    pub fn public_jwk(&self) -> &Value {
+        &self.jwk
+    }
+
+    /// A fresh proof for `method` on `url`, bound to `access_token` (`ath`), issued now with a
+    /// random `jti`.
+    pub fn proof(&self, method: &str, url: &str, access_token: &str) -> String {
+        self.proof_builder(method, url, access_token).sign()
+    }
+
+    /// A proof to adjust before signing (nonce, hostile edits).
+    pub fn proof_builder(&self, method: &str, url: &str, access_token: &str) -> ProofBuilder<'_> {
+        let mut header = Map::new();
+        header.insert("typ".into(), "dpop+jwt".into());
+        header.insert("alg".into(), "ES256".into());
+        header.insert("jwk".into(), self.jwk.clone());
+        let mut claims = Map::new();
+        claims.insert("jti".into(), random_id().into());
+        claims.insert("htm".into(), method.into());
+        claims.insert("htu".into(), url.into());
+        claims.insert("iat".into(), now().into());
+        claims.insert("ath".into(), crate::jose::thumbprint(access_token).into());
+        ProofBuilder {
+            key: self,
+            header,
+            claims,
+        }
+    }
+
+    fn sign_raw(&self, header: &[u8], payload: &[u8]) -> String {
+        let input = format!(
+            "{}.{}",
+            URL_SAFE_NO_PAD.encode(header),
+            URL_SAFE_NO_PAD.encode(payload)
+        );
+        let signature: Signature = self.key.sign(input.as_bytes());
+        format!("{input}.{}", URL_SAFE_NO_PAD.encode(signature.to_bytes()))
+    }
+}
+
+impl Default for DevDpopKey {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Debug for DevDpopKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DevDpopKey")
+            .field("jkt", &self.jkt)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A proof being built by [`DevDpopKey::proof_builder`].
+#[derive(Debug)]
+#[must_use]
+pub struct ProofBuilder<'a> {
+    key: &'a DevDpopKey,
+    header: Map<String, Value>,
+    claims: Map<String, Value>,
+}
+
+impl ProofBuilder<'_> {
+    /// Sets the server-provided `nonce`.
+    pub fn nonce(self, nonce: &str) -> Self {
+        self.claim("nonce", nonce)
+    }
+
+    /// Sets any claim.
+    pub fn claim(mut self, name: &str, value: impl Into<Value>) -> Self {
+        self.claims.insert(name.to_owned(), value.into());
+        self
+    }
+
+    /// Removes a claim.
+    pub fn without_claim(mut self, name: &str) -> Self {
+        self.claims.remove(name);
+        self
+    }
+
+    /// Sets a JOSE header member.
+    pub fn header(mut self, name: &str, value: impl Into<Value>) -> Self {
+        self.header.insert(name.to_owned(), value.into());
+        self
+    }
+
+    /// Removes a JOSE header member.
+    pub fn without_header(mut self, name: &str) -> Self {
+        self.header.remove(name);
+        self
+    }
+
+    /// Signs with the key (ES256, whatever the header claims).
+    pub fn sign(self) -> String {
+        let header = Value::Object(self.header).to_string();
+        let claims = Value::Object(self.claims).to_string();
+        self.key.sign_raw(header.as_bytes(), claims.as_bytes())
     }
 }
 

@@ -122,7 +122,9 @@ impl DpopEvidence {
         match self.store.check_and_record(self.replay, self.ttl).await {
             Ok(true) => Ok(()),
             Ok(false) => Err(with_nonce(AuthErrorKind::DpopReplay.into())),
-            Err(ReplayError::Full) => Err(AuthError::unavailable(AuthErrorKind::ReplayStoreFull, 1)),
+            Err(ReplayError::Full) => {
+                Err(AuthError::unavailable(AuthErrorKind::ReplayStoreFull, 1))
+            }
             Err(_) => Err(AuthError::unavailable(AuthErrorKind::ReplayStoreFull, 5)),
         }
     }
@@ -304,7 +306,10 @@ impl DpopShared {
         if !scheme.eq_ignore_ascii_case("dpop") {
             return Ok(None);
         }
-        let nonce = self.nonces.as_ref().map(|n| Arc::<str>::from(n.current(now)));
+        let nonce = self
+            .nonces
+            .as_ref()
+            .map(|n| Arc::<str>::from(n.current(now)));
         let fail = |kind: AuthErrorKind| {
             let error = AuthError::new(kind).on_dpop();
             match &nonce {

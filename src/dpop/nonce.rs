@@ -90,11 +90,17 @@ mod tests {
         let issuer = NonceIssuer::new([7; 32], 60);
         let nonce = issuer.current(1_000_000);
         assert!(issuer.is_valid(&nonce, 1_000_000));
-        assert!(issuer.is_valid(&nonce, 1_000_000 + 60), "one rotation of grace");
+        assert!(
+            issuer.is_valid(&nonce, 1_000_000 + 60),
+            "one rotation of grace"
+        );
         assert!(!issuer.is_valid(&nonce, 1_000_000 + 180), "stale");
         assert!(!issuer.is_valid(&nonce, 1_000_000 - 120), "from the future");
         let other = NonceIssuer::new([8; 32], 60);
-        assert!(!other.is_valid(&nonce, 1_000_000), "forged with another secret");
+        assert!(
+            !other.is_valid(&nonce, 1_000_000),
+            "forged with another secret"
+        );
         let mut tampered = nonce.clone().into_bytes();
         tampered[30] ^= 1;
         assert!(!issuer.is_valid(&String::from_utf8_lossy(&tampered), 1_000_000));

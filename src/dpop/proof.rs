@@ -84,14 +84,17 @@ struct Claims {
 const MAX_JTI_LEN: usize = 256;
 
 /// Verifies `proof` for the request described by `ctx`.
-pub(crate) fn verify_proof(proof: &str, ctx: &ProofContext<'_>) -> Result<VerifiedProof, AuthError> {
+pub(crate) fn verify_proof(
+    proof: &str,
+    ctx: &ProofContext<'_>,
+) -> Result<VerifiedProof, AuthError> {
     if proof.len() > ctx.max_len {
         return Err(invalid("too large"));
     }
     let jws = CompactJws::split(proof).ok_or_else(|| invalid("not a compact JWS"))?;
     let header_bytes = jws.header().map_err(|_| invalid("bad base64url"))?;
-    let header: Header<'_> =
-        json_object(&header_bytes, AuthErrorKind::InvalidDpopProof).map_err(|_| invalid("bad header"))?;
+    let header: Header<'_> = json_object(&header_bytes, AuthErrorKind::InvalidDpopProof)
+        .map_err(|_| invalid("bad header"))?;
     if header.crit {
         return Err(invalid("unsupported critical header"));
     }
@@ -116,8 +119,8 @@ pub(crate) fn verify_proof(proof: &str, ctx: &ProofContext<'_>) -> Result<Verifi
         .map_err(|_| invalid("bad signature"))?;
 
     let payload = jws.payload().map_err(|_| invalid("bad base64url"))?;
-    let claims: Claims =
-        json_object(&payload, AuthErrorKind::InvalidDpopProof).map_err(|_| invalid("bad claims"))?;
+    let claims: Claims = json_object(&payload, AuthErrorKind::InvalidDpopProof)
+        .map_err(|_| invalid("bad claims"))?;
     let htm = claims.htm.ok_or_else(|| invalid("no htm"))?;
     if htm != ctx.method {
         return Err(invalid("htm does not match the method"));

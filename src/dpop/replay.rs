@@ -35,7 +35,11 @@ impl ReplayKey {
 
 impl fmt::Debug for ReplayKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "ReplayKey({:02x}{:02x}{:02x}{:02x}…)", self.0[0], self.0[1], self.0[2], self.0[3])
+        write!(
+            f,
+            "ReplayKey({:02x}{:02x}{:02x}{:02x}…)",
+            self.0[0], self.0[1], self.0[2], self.0[3]
+        )
     }
 }
 
@@ -159,7 +163,9 @@ mod tests {
         assert_eq!(store.check_and_record(key, ttl).await, Ok(false));
         // The same jti from another key is another entry.
         assert_eq!(
-            store.check_and_record(ReplayKey::new("other", "jti-1"), ttl).await,
+            store
+                .check_and_record(ReplayKey::new("other", "jti-1"), ttl)
+                .await,
             Ok(true)
         );
         tokio::time::sleep(Duration::from_millis(60)).await;
@@ -175,7 +181,10 @@ mod tests {
             assert_eq!(store.check_and_record(key, ttl).await, Ok(true));
         }
         let fresh = ReplayKey::new("k", "new");
-        assert_eq!(store.check_and_record(fresh, ttl).await, Err(ReplayError::Full));
+        assert_eq!(
+            store.check_and_record(fresh, ttl).await,
+            Err(ReplayError::Full)
+        );
         // Live entries are still remembered.
         let old = ReplayKey::new("k", "0");
         assert_eq!(store.check_and_record(old, ttl).await, Ok(false));

@@ -250,7 +250,9 @@ pub(crate) fn proof_key(
     };
     let mut key = jwk.into_key()?;
     if key.alg.family() != alg.family() {
-        return Err(invalid("the key type and curve do not match the proof's `alg`"));
+        return Err(invalid(
+            "the key type and curve do not match the proof's `alg`",
+        ));
     }
     key.alg = alg;
     // serde_json writes object members sorted (BTreeMap) and without whitespace.

@@ -11,8 +11,8 @@ pub use service::{McpAuthFuture, McpAuthService};
 use url::Url;
 
 use crate::audit::{AuditEmitter, AuditLayer, RedactArguments};
-use crate::dpop::{DpopConfig, DpopLayer, DpopMode, ReplayStore};
 use crate::config::{ConfigError, IssuerConfig, McpAuthConfig, UrlRole, check_scope, parse_url};
+use crate::dpop::{DpopConfig, DpopLayer, DpopMode, ReplayStore};
 use crate::error::{ChallengeConfig, ShapeRejection};
 use crate::http_client::HttpClient;
 use crate::keys::{
@@ -296,7 +296,11 @@ impl McpAuthBuilder {
         let dpop = &config.dpop;
         let dpop_algs: Vec<String> = match dpop.mode {
             DpopMode::Off => Vec::new(),
-            _ => dpop.algorithms.iter().map(|a| a.as_str().to_owned()).collect(),
+            _ => dpop
+                .algorithms
+                .iter()
+                .map(|a| a.as_str().to_owned())
+                .collect(),
         };
         let mut metadata = ProtectedResourceMetadata::new(&config.resource, authorization_servers);
         metadata.dpop_signing_alg_values_supported = dpop_algs.clone();

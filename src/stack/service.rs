@@ -11,8 +11,8 @@ use http_body_util::Full;
 use pin_project_lite::pin_project;
 use tower_service::Service;
 
-use crate::metadata::MetadataService;
 use crate::dpop::{self, Dpop};
+use crate::metadata::MetadataService;
 use crate::policy::McpPolicy;
 use crate::token::{ResponseBody, ResponseFuture, Token};
 

@@ -18,8 +18,8 @@ use serde::de::{self, Deserializer};
 
 use super::TokenVerifier;
 use crate::crypto::provider;
-use crate::jose::{CompactJws, json_object, numeric_date, present, string, thumbprint};
 use crate::error::{AuthError, AuthErrorKind};
+use crate::jose::{CompactJws, json_object, numeric_date, present, string, thumbprint};
 use crate::keys::{
     AlgorithmSet, KeyLookupError, KeySet, KeySource, MAX_KID_LEN, RefreshReason, SigningAlgorithm,
 };
@@ -394,7 +394,9 @@ fn cnf<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Confirmation>, D::Error
     }
     let cnf = Cnf::deserialize(d)?;
     if cnf.jkt.is_none() && cnf.x5t_s256.is_none() {
-        return Err(de::Error::custom("cnf names no supported confirmation method"));
+        return Err(de::Error::custom(
+            "cnf names no supported confirmation method",
+        ));
     }
     Ok(Some(Confirmation {
         jkt: cnf.jkt,

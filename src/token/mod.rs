@@ -18,9 +18,9 @@ mod service;
 
 use async_trait::async_trait;
 
+pub use crate::jose::thumbprint;
 pub use body::ResponseBody;
 pub use future::ResponseFuture;
-pub use crate::jose::thumbprint;
 pub use jwt::{JwtVerifier, RequiredClaims, TrustedIssuer};
 pub use layer::TokenLayer;
 pub use service::Token;

@@ -96,9 +96,13 @@ where
         let verify = Box::pin(async move {
             let on_scheme = |e: AuthError| if dpop.is_some() { e.on_dpop() } else { e };
             let principal = verifier.verify(&token).await.map_err(on_scheme)?;
-            let (binding, key) =
-                bind(&principal, dpop.as_ref(), certificate.as_deref(), dpop_required)
-                    .map_err(on_scheme)?;
+            let (binding, key) = bind(
+                &principal,
+                dpop.as_ref(),
+                certificate.as_deref(),
+                dpop_required,
+            )
+            .map_err(on_scheme)?;
             // Replay protection last: a proof is used up only by a request that passed all else.
             if let Some(evidence) = &dpop {
                 evidence.record_use().await?;

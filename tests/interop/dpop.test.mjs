@@ -324,6 +324,10 @@ describe('DPoP (RFC 9449): notes_server --dpop allowed', { timeout: SUITE_TIMEOU
       ['htu another path', { claims: { htu: `${rs.origin}/other` } }],
       ['htu another port', { claims: { htu: `http://127.0.0.1:1${new URL(htu).pathname}` } }],
       ['htu https', { claims: { htu: htu.replace(/^http:/, 'https:') } }],
+      ['htu with a trailing slash', { claims: { htu: `${htu}/` } }],
+      ['htu path in upper case', { claims: { htu: htu.replace(/\/mcp$/, '/MCP') } }],
+      ['htu with userinfo', { claims: { htu: htu.replace('http://', 'http://user:pw@') } }],
+      ['htu relative', { claims: { htu: new URL(htu).pathname } }],
       ['htu missing', { claims: { htu: undefined } }],
       ['iat 120 s ago', { iat: now() - 120 }],
       ['iat 1 h ago', { iat: now() - 3600 }],
@@ -360,6 +364,10 @@ describe('DPoP (RFC 9449): notes_server --dpop allowed', { timeout: SUITE_TIMEOU
     }
     const accepted = [
       ['htu with a query and a fragment (ignored)', { claims: { htu: `${htu}?x=1#frag` } }],
+      // RFC 3986 §6.2.2 / §6.2.3 normalization (RFC 9449 §4.3 step 9)
+      ['htu with the scheme in upper case', { claims: { htu: htu.replace(/^http:/, 'HTTP:') } }],
+      ['htu with a dot segment', { claims: { htu: htu.replace(/\/mcp$/, '/./mcp') } }],
+      ['htu with an unreserved character percent-encoded', { claims: { htu: htu.replace(/\/mcp$/, '/%6Dcp') } }],
       ['iat 30 s ago', { iat: now() - 30 }],
       ['iat 5 s ahead', { iat: now() + 5 }],
       ['an extra claim', { claims: { extra: 'ignored' } }],
@@ -425,8 +433,8 @@ describe('DPoP (RFC 9449): notes_server --dpop allowed', { timeout: SUITE_TIMEOU
 
   auditLogTest(() => rs, {
     minimum: {
-      allowedWithPrincipal: 17, missing_credentials: 1, dpop_replay: 21, missing_proof_of_possession: 1,
-      dpop_key_mismatch: 2, invalid_dpop_proof: 25, missing_dpop_proof: 1, multiple_dpop_proofs: 2,
+      allowedWithPrincipal: 20, missing_credentials: 1, dpop_replay: 21, missing_proof_of_possession: 1,
+      dpop_key_mismatch: 2, invalid_dpop_proof: 29, missing_dpop_proof: 1, multiple_dpop_proofs: 2,
       insufficient_scope: 1,
     },
   });
