@@ -154,7 +154,7 @@ impl TokenFacts {
             jti: principal.jti().map(str::to_owned),
             thumbprint: principal.token_thumbprint().to_owned(),
             binding: principal.binding().as_str().to_owned(),
-            key_thumbprint: None,
+            key_thumbprint: principal.key_thumbprint().map(str::to_owned),
         }
     }
 }

@@ -24,6 +24,7 @@ mod nonce;
 mod proof;
 mod replay;
 
+pub use crate::keys::jwk_thumbprint;
 pub use htu::normalize_htu;
 pub use layer::{
     Dpop, DpopConfig, DpopConfigError, DpopEvidence, DpopLayer, DpopMode, ResponseFuture,

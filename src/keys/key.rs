@@ -240,14 +240,7 @@ pub(crate) fn proof_key(
     }
     // The canonical members are exactly the strings given: strict base64url and the length
     // checks in `into_key` make their encoding unique (RFC 7638 §7).
-    let canonical = match jwk.kty.as_str() {
-        "EC" => serde_json::json!({
-            "crv": jwk.crv, "kty": "EC", "x": jwk.x, "y": jwk.y
-        }),
-        "RSA" => serde_json::json!({ "e": jwk.e, "kty": "RSA", "n": jwk.n }),
-        "OKP" => serde_json::json!({ "crv": jwk.crv, "kty": "OKP", "x": jwk.x }),
-        _ => return Err(invalid("unsupported key type or curve")),
-    };
+    let jkt = jwk.thumbprint()?;
     let mut key = jwk.into_key()?;
     if key.alg.family() != alg.family() {
         return Err(invalid(
@@ -255,9 +248,16 @@ pub(crate) fn proof_key(
         ));
     }
     key.alg = alg;
-    // serde_json writes object members sorted (BTreeMap) and without whitespace.
-    let jkt = crate::jose::thumbprint(&canonical.to_string());
     Ok((key, jkt))
+}
+
+/// The RFC 7638 SHA-256 thumbprint of a JWK (EC, RSA or OKP), base64url: the `jkt` a
+/// DPoP-bound token names. Only the required members count.
+pub fn jwk_thumbprint(jwk_json: &str) -> Result<String, KeyError> {
+    let jwk: Jwk = serde_json::from_str(jwk_json).map_err(|_| KeyError::InvalidJwk {
+        reason: "not a JSON object with string members",
+    })?;
+    jwk.thumbprint()
 }
 
 fn invalid(reason: &'static str) -> KeyError {
@@ -274,6 +274,35 @@ fn b64(field: &Option<String>, name: &'static str) -> Result<Vec<u8>, KeyError> 
 }
 
 impl Jwk {
+    /// RFC 7638: the required members, sorted, no whitespace, hashed with SHA-256.
+    fn thumbprint(&self) -> Result<String, KeyError> {
+        let member = |v: &Option<String>, name: &'static str| {
+            v.clone().ok_or(KeyError::InvalidJwk { reason: name })
+        };
+        // `json!` objects serialize with sorted keys and no whitespace; the members below are
+        // also written in sorted order, which holds even with serde_json's `preserve_order`.
+        let canonical = match self.kty.as_str() {
+            "EC" => serde_json::json!({
+                "crv": member(&self.crv, "missing `crv`")?,
+                "kty": "EC",
+                "x": member(&self.x, "missing `x`")?,
+                "y": member(&self.y, "missing `y`")?,
+            }),
+            "RSA" => serde_json::json!({
+                "e": member(&self.e, "missing `e`")?,
+                "kty": "RSA",
+                "n": member(&self.n, "missing `n`")?,
+            }),
+            "OKP" => serde_json::json!({
+                "crv": member(&self.crv, "missing `crv`")?,
+                "kty": "OKP",
+                "x": member(&self.x, "missing `x`")?,
+            }),
+            _ => return Err(invalid("unsupported key type")),
+        };
+        Ok(crate::jose::thumbprint(&canonical.to_string()))
+    }
+
     fn into_key(self) -> Result<VerificationKey, KeyError> {
         if self.d.is_some()
             || self.p.is_some()
@@ -428,6 +457,23 @@ mod tests {
         // Two ES256 keys and no kid: ambiguous.
         assert!(set.find(None, SigningAlgorithm::ES256).is_err());
         assert!(KeySet::from_jwks_json(b"{\"keys\":{}}").is_err());
+    }
+
+    #[test]
+    fn rfc_thumbprint_vectors() {
+        // RFC 9449 §6.1 (the §4.1 proof key).
+        let ec = r#"{"kty":"EC","x":"l8tFrhx-34tV3hRICRDY9zCkDlpBhF42UQUfWVAWBFs","y":"9VE4jf_Ok_o64zbTTlcuNJajHmt6v9TDVrU0CdvGRDA","crv":"P-256"}"#;
+        assert_eq!(
+            jwk_thumbprint(ec).unwrap(),
+            "0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I"
+        );
+        // RFC 8037 Appendix A.3.
+        let okp =
+            r#"{"kty":"OKP","crv":"Ed25519","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}"#;
+        assert_eq!(
+            jwk_thumbprint(okp).unwrap(),
+            "kPrK_qmxVWaYVA9wwBF6Iuo3vVzz7TxHCTwXBygrS4k"
+        );
     }
 
     #[test]

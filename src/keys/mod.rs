@@ -25,7 +25,7 @@ use async_trait::async_trait;
 
 pub use algorithm::{AlgorithmSet, SigningAlgorithm, UnknownAlgorithm};
 pub(crate) use key::{KeyLookupError, MAX_KID_LEN, proof_key};
-pub use key::{KeySet, VerificationKey};
+pub use key::{KeySet, VerificationKey, jwk_thumbprint};
 pub use remote::{RemoteJwks, RemoteJwksOptions};
 
 /// Why keys could not be built or obtained.
