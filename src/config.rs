@@ -192,6 +192,10 @@ pub struct TokenRules {
     pub accept_untyped_tokens: bool,
     /// Longest token accepted, in bytes (default 8192).
     pub max_token_bytes: usize,
+    /// Verified tokens cached (default 100 000; 0 turns the cache off).
+    pub cache_max_entries: u64,
+    /// Longest a verdict is cached, in seconds (default 300; never beyond the token's `exp`).
+    pub cache_max_ttl_secs: u64,
 }
 
 impl Default for TokenRules {
@@ -202,6 +206,8 @@ impl Default for TokenRules {
             required_claims: RequiredClaims::default(),
             accept_untyped_tokens: false,
             max_token_bytes: 8 * 1024,
+            cache_max_entries: 100_000,
+            cache_max_ttl_secs: 300,
         }
     }
 }

@@ -20,7 +20,10 @@ use crate::keys::{
 };
 use crate::metadata::{MetadataService, ProtectedResourceMetadata, metadata_url, well_known_paths};
 use crate::policy::{McpPolicyLayer, Policy, ToolScopes};
-use crate::token::{JwtVerifier, TokenLayer, TokenVerifier, TrustedIssuer};
+use crate::token::{
+    CacheLimits, CacheStats, CachingVerifier, JwtVerifier, RevocationList, TokenLayer,
+    TokenVerifier, TrustedIssuer,
+};
 
 /// The assembled authentication stack for one MCP endpoint.
 ///
@@ -32,6 +35,7 @@ pub struct McpAuth {
     metadata: ProtectedResourceMetadata,
     metadata_paths: Arc<[String; 2]>,
     verifier: JwtVerifier,
+    cache: Option<Arc<CachingVerifier>>,
     token_layer: TokenLayer,
     policy_layer: McpPolicyLayer,
     audit_layer: AuditLayer,
@@ -93,6 +97,11 @@ impl McpAuth {
         &self.resource
     }
 
+    /// Verified-token cache counters (`None` when the cache is off).
+    pub fn cache_stats(&self) -> Option<CacheStats> {
+        self.cache.as_ref().map(|c| c.stats())
+    }
+
     /// The JWT verifier, e.g. to verify tokens outside HTTP.
     pub fn verifier(&self) -> &JwtVerifier {
         &self.verifier
@@ -112,6 +121,7 @@ pub struct McpAuthBuilder {
     audit: Option<AuditEmitter>,
     redact: Option<Arc<dyn RedactArguments>>,
     replay_store: Option<Arc<dyn ReplayStore>>,
+    revocation: Option<Arc<dyn RevocationList>>,
     allow_cors_preflight: bool,
 }
 
@@ -209,6 +219,13 @@ impl McpAuthBuilder {
     /// replay protection across server instances.
     pub fn replay_store(mut self, store: Arc<dyn ReplayStore>) -> Self {
         self.replay_store = Some(store);
+        self
+    }
+
+    /// Checks every request's token, cached or not, against `list` (see
+    /// [`InMemoryRevocationList`](crate::token::InMemoryRevocationList)).
+    pub fn revocation_list(mut self, list: Arc<dyn RevocationList>) -> Self {
+        self.revocation = Some(list);
         self
     }
 
@@ -344,13 +361,32 @@ impl McpAuthBuilder {
             None => Arc::new(ToolScopes::from_config(&config.policy)?),
         };
         let policy_layer = McpPolicyLayer::from_config(policy, challenge.clone(), &config.policy);
-        let mut token_layer = TokenLayer::new(
-            Arc::new(verifier.clone()) as Arc<dyn TokenVerifier>,
-            challenge,
-        )
-        .max_authorization_len(rules.max_token_bytes + 16)
-        .require_dpop(dpop.mode == DpopMode::Required)
-        .allow_cors_preflight(self.allow_cors_preflight);
+        let jwt: Arc<dyn TokenVerifier> = Arc::new(verifier.clone());
+        let cache = (rules.cache_max_entries > 0).then(|| {
+            let mut limits = CacheLimits::default();
+            limits.max_entries = rules.cache_max_entries;
+            limits.max_ttl = Duration::from_secs(rules.cache_max_ttl_secs);
+            limits.leeway = Duration::from_secs(rules.leeway_secs);
+            let mut cache = CachingVerifier::new(jwt.clone(), limits);
+            if let Some(list) = &self.revocation {
+                cache = cache.with_revocation(list.clone());
+            }
+            Arc::new(cache)
+        });
+        let token_verifier: Arc<dyn TokenVerifier> = match (&cache, self.revocation.take()) {
+            (Some(cache), _) => cache.clone(),
+            // No cache: still check revocation, through a zero-size cache.
+            (None, Some(list)) => {
+                let mut limits = CacheLimits::default();
+                limits.max_entries = 0;
+                Arc::new(CachingVerifier::new(jwt, limits).with_revocation(list))
+            }
+            (None, None) => jwt,
+        };
+        let mut token_layer = TokenLayer::new(token_verifier, challenge)
+            .max_authorization_len(rules.max_token_bytes + 16)
+            .require_dpop(dpop.mode == DpopMode::Required)
+            .allow_cors_preflight(self.allow_cors_preflight);
         if let Some(shape) = self.shape.take() {
             token_layer = token_layer.shape_rejection_shared(shape);
         }
@@ -371,6 +407,7 @@ impl McpAuthBuilder {
             resource,
             metadata,
             verifier,
+            cache,
             token_layer,
             policy_layer,
         })

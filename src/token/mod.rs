@@ -10,6 +10,7 @@
 //! custom composition.
 
 mod body;
+mod cache;
 pub(crate) mod credentials;
 mod future;
 mod jwt;
@@ -20,6 +21,7 @@ use async_trait::async_trait;
 
 pub use crate::jose::thumbprint;
 pub use body::ResponseBody;
+pub use cache::{CacheLimits, CacheStats, CachingVerifier, InMemoryRevocationList, RevocationList};
 pub use future::ResponseFuture;
 pub use jwt::{JwtVerifier, RequiredClaims, TrustedIssuer};
 pub use layer::TokenLayer;

@@ -1,0 +1,281 @@
+//! [`CachingVerifier`]: verified-token cache and revocation checks in front of any verifier.
+//!
+//! A signature check costs tens of microseconds; a token seen before is answered from a bounded
+//! cache keyed by SHA-256 of the token. Entries never outlive the token (`exp`), and every hit is
+//! re-checked: expiry (with the leeway), and the [`RevocationList`]. Sender binding (DPoP,
+//! mTLS) is checked by the token layer on every request, cached or not.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use sha2::{Digest, Sha256};
+
+use super::TokenVerifier;
+use crate::error::{AuthError, AuthErrorKind};
+use crate::principal::Principal;
+
+/// Answers "has this token been revoked?" on every request, cached verdicts included.
+///
+/// It is called on the hot path and must not block: keep remote lists in memory and refresh
+/// them in the background.
+pub trait RevocationList: Send + Sync + fmt::Debug + 'static {
+    /// Whether `principal`'s token is revoked.
+    fn is_revoked(&self, principal: &Principal) -> bool;
+}
+
+/// What can be revoked.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Revoked {
+    Jti(String),
+    Subject(String, String),
+    Client(String),
+}
+
+/// An in-memory revocation list: revoke by `jti`, by (issuer, subject) or by client id, each
+/// until a time after which the entry is dropped (set it to the tokens' maximum lifetime, so the
+/// list does not grow forever).
+#[derive(Debug, Default)]
+pub struct InMemoryRevocationList {
+    entries: RwLock<HashMap<Revoked, SystemTime>>,
+}
+
+impl InMemoryRevocationList {
+    /// An empty list.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn insert(&self, entry: Revoked, until: SystemTime) {
+        let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
+        let now = SystemTime::now();
+        entries.retain(|_, until| *until > now);
+        entries.insert(entry, until);
+    }
+
+    /// Revokes the token with this `jti` until `until`.
+    pub fn revoke_jti(&self, jti: impl Into<String>, until: SystemTime) {
+        self.insert(Revoked::Jti(jti.into()), until);
+    }
+
+    /// Revokes every token of this subject from this issuer until `until`.
+    pub fn revoke_subject(
+        &self,
+        issuer: impl Into<String>,
+        subject: impl Into<String>,
+        until: SystemTime,
+    ) {
+        self.insert(Revoked::Subject(issuer.into(), subject.into()), until);
+    }
+
+    /// Revokes every token issued to this client until `until`.
+    pub fn revoke_client(&self, client_id: impl Into<String>, until: SystemTime) {
+        self.insert(Revoked::Client(client_id.into()), until);
+    }
+
+    /// Live entries.
+    pub fn len(&self) -> usize {
+        let now = SystemTime::now();
+        let entries = self.entries.read().unwrap_or_else(|e| e.into_inner());
+        entries.values().filter(|until| **until > now).count()
+    }
+
+    /// Whether no entry is live.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl RevocationList for InMemoryRevocationList {
+    fn is_revoked(&self, principal: &Principal) -> bool {
+        let entries = self.entries.read().unwrap_or_else(|e| e.into_inner());
+        if entries.is_empty() {
+            return false;
+        }
+        let now = SystemTime::now();
+        let live = |key: &Revoked| entries.get(key).is_some_and(|until| *until > now);
+        principal
+            .jti()
+            .is_some_and(|jti| live(&Revoked::Jti(jti.to_owned())))
+            || live(&Revoked::Subject(
+                principal.issuer().to_owned(),
+                principal.subject().to_owned(),
+            ))
+            || principal
+                .client_id()
+                .is_some_and(|c| live(&Revoked::Client(c.to_owned())))
+    }
+}
+
+impl<T: RevocationList + ?Sized> RevocationList for Arc<T> {
+    fn is_revoked(&self, principal: &Principal) -> bool {
+        (**self).is_revoked(principal)
+    }
+}
+
+/// Counters of a [`CachingVerifier`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CacheStats {
+    /// Verdicts answered from the cache.
+    pub hits: u64,
+    /// Tokens verified by the inner verifier.
+    pub misses: u64,
+    /// Requests refused because the token was revoked.
+    pub revoked: u64,
+    /// Entries now cached (approximate).
+    pub entries: u64,
+}
+
+/// Cache size limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CacheLimits {
+    /// Most tokens cached.
+    pub max_entries: u64,
+    /// Longest any entry lives, even for long-lived tokens.
+    pub max_ttl: Duration,
+    /// Clock-skew leeway re-applied to `exp` on every hit (match the verifier's).
+    pub leeway: Duration,
+}
+
+impl Default for CacheLimits {
+    /// 100 000 tokens, 5 minutes, 30 s leeway.
+    fn default() -> Self {
+        Self {
+            max_entries: 100_000,
+            max_ttl: Duration::from_secs(300),
+            leeway: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Clone)]
+struct Entry {
+    principal: Principal,
+    /// When the entry must be gone (`exp` + leeway, or the maximum TTL).
+    expires: Instant,
+}
+
+/// Caches successful verifications of an inner [`TokenVerifier`] and checks revocation.
+pub struct CachingVerifier {
+    inner: Arc<dyn TokenVerifier>,
+    cache: moka::sync::Cache<[u8; 32], Entry>,
+    revocation: Option<Arc<dyn RevocationList>>,
+    limits: CacheLimits,
+    hits: AtomicU64,
+    misses: AtomicU64,
+    revoked: AtomicU64,
+}
+
+struct EntryExpiry;
+
+impl moka::Expiry<[u8; 32], Entry> for EntryExpiry {
+    fn expire_after_create(
+        &self,
+        _key: &[u8; 32],
+        entry: &Entry,
+        now: Instant,
+    ) -> Option<Duration> {
+        Some(entry.expires.saturating_duration_since(now))
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+impl CachingVerifier {
+    /// Caches `inner`'s verdicts within `limits`.
+    pub fn new(inner: Arc<dyn TokenVerifier>, limits: CacheLimits) -> Self {
+        Self {
+            inner,
+            cache: moka::sync::Cache::builder()
+                .max_capacity(limits.max_entries)
+                .expire_after(EntryExpiry)
+                .build(),
+            revocation: None,
+            limits,
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+            revoked: AtomicU64::new(0),
+        }
+    }
+
+    /// Checks every verdict, cached or fresh, against `list`.
+    pub fn with_revocation(mut self, list: Arc<dyn RevocationList>) -> Self {
+        self.revocation = Some(list);
+        self
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> CacheStats {
+        CacheStats {
+            hits: self.hits.load(Ordering::Relaxed),
+            misses: self.misses.load(Ordering::Relaxed),
+            revoked: self.revoked.load(Ordering::Relaxed),
+            entries: self.cache.entry_count(),
+        }
+    }
+
+    fn check(&self, principal: Principal) -> Result<Principal, AuthError> {
+        if let Some(list) = &self.revocation
+            && list.is_revoked(&principal)
+        {
+            self.revoked.fetch_add(1, Ordering::Relaxed);
+            return Err(AuthErrorKind::Revoked.into());
+        }
+        Ok(principal)
+    }
+}
+
+#[async_trait]
+impl TokenVerifier for CachingVerifier {
+    async fn verify(&self, token: &str) -> Result<Principal, AuthError> {
+        let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        if let Some(entry) = self.cache.get(&key) {
+            // Re-check expiry on every hit: the cache's own eviction is lazy.
+            let exp = entry.principal.expires_at_unix();
+            if unix_now() < exp.saturating_add(self.limits.leeway.as_secs()) {
+                self.hits.fetch_add(1, Ordering::Relaxed);
+                return self.check(entry.principal);
+            }
+            self.cache.invalidate(&key);
+            return Err(AuthErrorKind::Expired.into());
+        }
+        self.misses.fetch_add(1, Ordering::Relaxed);
+        let principal = self.inner.verify(token).await?;
+        let remaining = principal
+            .expires_at_unix()
+            .saturating_add(self.limits.leeway.as_secs())
+            .saturating_sub(unix_now());
+        let ttl = Duration::from_secs(remaining).min(self.limits.max_ttl);
+        if !ttl.is_zero() {
+            self.cache.insert(
+                key,
+                Entry {
+                    principal: principal.clone(),
+                    expires: Instant::now() + ttl,
+                },
+            );
+        }
+        self.check(principal)
+    }
+}
+
+impl fmt::Debug for CachingVerifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CachingVerifier")
+            .field("inner", &self.inner)
+            .field("limits", &self.limits)
+            .field("revocation", &self.revocation)
+            .field("stats", &self.stats())
+            .finish()
+    }
+}

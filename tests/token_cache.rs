@@ -1,0 +1,169 @@
+//! The verified-token cache and revocation: cached verdicts are re-checked on every hit.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::Full;
+use tower::{Layer, ServiceExt, service_fn};
+use tower_mcp_auth::dpop::{DpopConfig, DpopMode};
+use tower_mcp_auth::policy::{Decision, PolicyRequest};
+use tower_mcp_auth::testing::{DevDpopKey, DevIssuer};
+use tower_mcp_auth::token::InMemoryRevocationList;
+use tower_mcp_auth::{AuthError, AuthErrorKind, McpAuth, McpAuthConfig};
+
+const RESOURCE: &str = "https://mcp.example.com/mcp";
+
+fn builder(dev: &DevIssuer) -> tower_mcp_auth::McpAuthBuilder {
+    McpAuth::builder()
+        .resource(RESOURCE)
+        .issuer(dev.issuer_config())
+        .policy(|_: &PolicyRequest<'_>| Decision::Allow)
+}
+
+async fn send(
+    auth: &McpAuth,
+    scheme: &str,
+    token: &str,
+    proof: Option<String>,
+) -> (StatusCode, Option<AuthErrorKind>) {
+    let inner = service_fn(|_req: Request<Full<Bytes>>| async {
+        Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::new())))
+    });
+    let mut request = Request::get(RESOURCE).header("authorization", format!("{scheme} {token}"));
+    if let Some(proof) = proof {
+        request = request.header("dpop", proof);
+    }
+    let response = auth
+        .layer()
+        .layer(inner)
+        .oneshot(request.body(Full::new(Bytes::new())).unwrap())
+        .await
+        .unwrap();
+    let kind = response
+        .extensions()
+        .get::<AuthError>()
+        .map(AuthError::kind);
+    (response.status(), kind)
+}
+
+#[tokio::test]
+async fn second_use_is_a_cache_hit() {
+    let dev = DevIssuer::new("https://as.example.com");
+    let auth = builder(&dev).build().unwrap();
+    let token = dev.token(RESOURCE).sign();
+    assert_eq!(send(&auth, "Bearer", &token, None).await.0, 200);
+    assert_eq!(send(&auth, "Bearer", &token, None).await.0, 200);
+    let stats = auth.cache_stats().unwrap();
+    assert_eq!((stats.misses, stats.hits), (1, 1));
+    // An altered token is a different key: verified, and refused.
+    let altered = format!("{token}x");
+    assert_eq!(send(&auth, "Bearer", &altered, None).await.0, 401);
+}
+
+#[tokio::test]
+async fn revocation_applies_to_cached_verdicts() {
+    let dev = DevIssuer::new("https://as.example.com");
+    let list = Arc::new(InMemoryRevocationList::new());
+    let auth = builder(&dev).revocation_list(list.clone()).build().unwrap();
+    let until = SystemTime::now() + Duration::from_secs(600);
+
+    let by_jti = dev.token(RESOURCE).claim("jti", "jti-1").sign();
+    assert_eq!(send(&auth, "Bearer", &by_jti, None).await.0, 200);
+    list.revoke_jti("jti-1", until);
+    assert_eq!(
+        send(&auth, "Bearer", &by_jti, None).await,
+        (StatusCode::UNAUTHORIZED, Some(AuthErrorKind::Revoked))
+    );
+
+    let by_subject = dev.token(RESOURCE).subject("mallory").sign();
+    assert_eq!(send(&auth, "Bearer", &by_subject, None).await.0, 200);
+    list.revoke_subject("https://as.example.com", "mallory", until);
+    assert_eq!(
+        send(&auth, "Bearer", &by_subject, None).await.1,
+        Some(AuthErrorKind::Revoked)
+    );
+
+    let by_client = dev.token(RESOURCE).client_id("leaky-client").sign();
+    list.revoke_client("leaky-client", until);
+    assert_eq!(
+        send(&auth, "Bearer", &by_client, None).await.1,
+        Some(AuthErrorKind::Revoked)
+    );
+
+    // Entries expire, so the list does not grow forever.
+    list.revoke_jti("short", SystemTime::now());
+    assert_eq!(list.len(), 3);
+    let other = dev.token(RESOURCE).sign();
+    assert_eq!(send(&auth, "Bearer", &other, None).await.0, 200);
+    assert!(auth.cache_stats().unwrap().revoked >= 3);
+}
+
+#[tokio::test]
+async fn revocation_works_without_the_cache() {
+    let dev = DevIssuer::new("https://as.example.com");
+    let mut config = McpAuthConfig::new(RESOURCE);
+    config.token.cache_max_entries = 0;
+    let list = Arc::new(InMemoryRevocationList::new());
+    let auth = builder(&dev)
+        .config(config)
+        .issuer(dev.issuer_config())
+        .revocation_list(list.clone())
+        .build()
+        .unwrap();
+    assert!(auth.cache_stats().is_none());
+    let token = dev.token(RESOURCE).claim("jti", "j").sign();
+    assert_eq!(send(&auth, "Bearer", &token, None).await.0, 200);
+    list.revoke_jti("j", SystemTime::now() + Duration::from_secs(60));
+    assert_eq!(
+        send(&auth, "Bearer", &token, None).await.1,
+        Some(AuthErrorKind::Revoked)
+    );
+}
+
+#[tokio::test]
+async fn cached_token_still_expires() {
+    let dev = DevIssuer::new("https://as.example.com");
+    let auth = builder(&dev).leeway(Duration::ZERO).build().unwrap();
+    let token = dev
+        .token(RESOURCE)
+        .expires_in(Duration::from_secs(1))
+        .sign();
+    assert_eq!(send(&auth, "Bearer", &token, None).await.0, 200);
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    assert_eq!(
+        send(&auth, "Bearer", &token, None).await,
+        (StatusCode::UNAUTHORIZED, Some(AuthErrorKind::Expired))
+    );
+}
+
+#[tokio::test]
+async fn binding_is_checked_on_every_hit() {
+    let dev = DevIssuer::new("https://as.example.com");
+    let auth = builder(&dev)
+        .dpop(DpopConfig::with_mode(DpopMode::Allowed))
+        .build()
+        .unwrap();
+    let key = DevDpopKey::new();
+    let token = dev.token(RESOURCE).dpop_bound(key.jkt()).sign();
+    let proof = || Some(key.proof("GET", RESOURCE, &token));
+    assert_eq!(send(&auth, "DPoP", &token, proof()).await.0, 200);
+    assert_eq!(send(&auth, "DPoP", &token, proof()).await.0, 200);
+    assert_eq!(auth.cache_stats().unwrap().hits, 1);
+    // Cached, but presented as a bearer token: refused.
+    assert_eq!(
+        send(&auth, "Bearer", &token, None).await,
+        (
+            StatusCode::UNAUTHORIZED,
+            Some(AuthErrorKind::MissingProofOfPossession)
+        )
+    );
+    // Cached, with another key's proof: refused.
+    let other = DevDpopKey::new();
+    let foreign = Some(other.proof("GET", RESOURCE, &token));
+    assert_eq!(
+        send(&auth, "DPoP", &token, foreign).await.1,
+        Some(AuthErrorKind::DpopKeyMismatch)
+    );
+}
