@@ -17,7 +17,7 @@
 //!   --resource URL       canonical resource URI (default http://ADDR/mcp); served at its path
 //!   --issuer URL         trusted issuer; without it an embedded development issuer signs
 //!                        tokens and ready-to-use tokens are printed
-//!   --jwks-uri URL       the issuer's JWK Set
+//!   --jwks-uri URL       the issuer's JWK Set (default: discovered from the issuer's metadata)
 //!   --config FILE        a TOML McpAuthConfig (resource, issuers, token rules, [policy])
 //!   --sessions           rmcp's stateful mode (Mcp-Session-Id, SSE responses), sessions
 //!                        bound to the principal that created them
@@ -397,8 +397,13 @@ fn build_auth(
                 .map_err(|e| e.to_string())?;
             Ok((auth, None))
         }
-        (Some(_), None) => {
-            Err("--issuer needs --jwks-uri (issuer discovery is not yet supported)".into())
+        (Some(issuer), None) => {
+            // No --jwks-uri: discover it from the issuer's metadata (RFC 8414 / OIDC).
+            let auth = builder
+                .issuer(IssuerConfig::new(issuer).discover())
+                .build()
+                .map_err(|e| e.to_string())?;
+            Ok((auth, None))
         }
         (None, Some(_)) => Err("--jwks-uri needs --issuer".into()),
         (None, None) => {

@@ -123,6 +123,9 @@ pub struct IssuerConfig {
     /// Allowed algorithms; default: every asymmetric algorithm.
     #[serde(default)]
     pub algorithms: Option<Vec<SigningAlgorithm>>,
+    /// Find `jwks_uri` through issuer metadata discovery (RFC 8414, then OpenID Connect).
+    #[serde(default)]
+    pub discover: bool,
 }
 
 impl IssuerConfig {
@@ -135,7 +138,14 @@ impl IssuerConfig {
             jwks: None,
             keys: Vec::new(),
             algorithms: None,
+            discover: false,
         }
+    }
+
+    /// Keys from the `jwks_uri` found by issuer metadata discovery.
+    pub fn discover(mut self) -> Self {
+        self.discover = true;
+        self
     }
 
     /// Keys from a JWK Set URL.
@@ -247,7 +257,7 @@ pub enum ConfigError {
     #[error("issuer {0:?} is configured twice")]
     DuplicateIssuer(String),
     /// An issuer has no key source.
-    #[error("issuer {0:?} has no keys: set jwks_uri, jwks_file, jwks or keys")]
+    #[error("issuer {0:?} has no keys: set jwks_uri, jwks_file, jwks, keys or discover")]
     NoKeys(String),
     /// An issuer's key cannot be loaded.
     #[error("issuer {issuer:?}: {source}")]

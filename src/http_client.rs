@@ -41,11 +41,26 @@ pub enum HttpError {
     Transport(String),
 }
 
-/// Fetches a URL with GET. Implementations must bound time and response size.
+/// Fetches key sets and metadata (GET) and calls introspection endpoints (POST of a form).
+/// Implementations must bound time and response size, and must not follow redirects.
 #[async_trait]
 pub trait HttpClient: Send + Sync + fmt::Debug + 'static {
     /// GETs `url`, returning any status; non-2xx is for the caller to judge.
     async fn get(&self, url: &Url) -> Result<HttpResponse, HttpError>;
+
+    /// POSTs `form` as `application/x-www-form-urlencoded` with extra `headers` (e.g.
+    /// `Authorization: Basic …`). The default refuses: implement it to use introspection.
+    async fn post_form(
+        &self,
+        url: &Url,
+        headers: &HeaderMap,
+        form: &[(&str, &str)],
+    ) -> Result<HttpResponse, HttpError> {
+        let _ = (url, headers, form);
+        Err(HttpError::Transport(
+            "this HttpClient does not implement post_form".into(),
+        ))
+    }
 }
 
 /// The default client: reqwest with rustls, no redirects, a timeout and a body limit.
@@ -76,23 +91,53 @@ impl ReqwestHttpClient {
 }
 
 #[cfg(feature = "reqwest")]
+fn map_reqwest(e: reqwest::Error) -> HttpError {
+    if e.is_timeout() {
+        HttpError::Timeout
+    } else {
+        HttpError::Transport(e.without_url().to_string())
+    }
+}
+
+#[cfg(feature = "reqwest")]
 #[async_trait]
 impl HttpClient for ReqwestHttpClient {
     async fn get(&self, url: &Url) -> Result<HttpResponse, HttpError> {
-        let map = |e: reqwest::Error| {
-            if e.is_timeout() {
-                HttpError::Timeout
-            } else {
-                HttpError::Transport(e.without_url().to_string())
-            }
-        };
-        let mut response = self
+        let request = self
             .client
             .get(url.clone())
+            .header(http::header::ACCEPT, "application/json");
+        self.send(request).await
+    }
+
+    async fn post_form(
+        &self,
+        url: &Url,
+        headers: &HeaderMap,
+        form: &[(&str, &str)],
+    ) -> Result<HttpResponse, HttpError> {
+        let body = url::form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(form)
+            .finish();
+        let request = self
+            .client
+            .post(url.clone())
+            .headers(headers.clone())
             .header(http::header::ACCEPT, "application/json")
-            .send()
-            .await
-            .map_err(map)?;
+            .header(
+                http::header::CONTENT_TYPE,
+                "application/x-www-form-urlencoded",
+            )
+            .body(body);
+        self.send(request).await
+    }
+}
+
+#[cfg(feature = "reqwest")]
+impl ReqwestHttpClient {
+    async fn send(&self, request: reqwest::RequestBuilder) -> Result<HttpResponse, HttpError> {
+        let map = map_reqwest;
+        let mut response = request.send().await.map_err(map)?;
         let too_large = HttpError::TooLarge {
             limit: self.max_body,
         };

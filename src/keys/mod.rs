@@ -16,6 +16,7 @@
 //! ```
 
 mod algorithm;
+mod discovery;
 mod key;
 mod remote;
 
@@ -24,6 +25,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 pub use algorithm::{AlgorithmSet, SigningAlgorithm, UnknownAlgorithm};
+pub use discovery::{DiscoveredKeys, IssuerMetadata, discover, discovery_urls};
 pub(crate) use key::{KeyLookupError, MAX_KID_LEN, proof_key};
 pub use key::{KeySet, VerificationKey, jwk_thumbprint};
 pub use remote::{RemoteJwks, RemoteJwksOptions};

@@ -16,7 +16,8 @@ use crate::dpop::{DpopConfig, DpopLayer, DpopMode, ReplayStore};
 use crate::error::{ChallengeConfig, ShapeRejection};
 use crate::http_client::HttpClient;
 use crate::keys::{
-    AlgorithmSet, KeySet, KeySource, RemoteJwks, SigningAlgorithm, StaticKeys, VerificationKey,
+    AlgorithmSet, DiscoveredKeys, KeySet, KeySource, RemoteJwks, SigningAlgorithm, StaticKeys,
+    VerificationKey,
 };
 use crate::metadata::{MetadataService, ProtectedResourceMetadata, metadata_url, well_known_paths};
 use crate::policy::{McpPolicyLayer, Policy, ToolScopes};
@@ -477,6 +478,17 @@ impl McpAuthBuilder {
             }
         }
 
+        if config.discover {
+            if config.jwks_uri.is_some() || !static_keys.is_empty() {
+                return Err(ConfigError::InvalidAlgorithms {
+                    issuer: name.clone(),
+                    reason: "use either discover or explicit keys, not both",
+                });
+            }
+            let client = self.client(name)?;
+            let source: Arc<dyn KeySource> = Arc::new(DiscoveredKeys::new(name.clone(), client));
+            return Ok(TrustedIssuer::new(name.clone(), source).algorithms(algorithms));
+        }
         let source: Arc<dyn KeySource> = match (&config.jwks_uri, static_keys.is_empty()) {
             (Some(_), false) => {
                 return Err(ConfigError::InvalidAlgorithms {
