@@ -66,6 +66,71 @@ pub struct McpAuthConfig {
     /// DPoP (RFC 9449) settings; off by default.
     #[serde(default)]
     pub dpop: DpopConfig,
+    /// RFC 7662 introspection for opaque tokens; off unless configured.
+    #[serde(default)]
+    pub introspection: Option<IntrospectionConfig>,
+}
+
+/// Where and how to introspect opaque tokens. JWT-shaped tokens still go to the JWT verifier.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct IntrospectionConfig {
+    /// The introspection endpoint URL.
+    pub endpoint: String,
+    /// The resource server's client id at the authorization server.
+    pub client_id: String,
+    /// Its client secret.
+    pub client_secret: String,
+    /// `client_secret_basic` (default) or `client_secret_post`; `private_key_jwt` is configured
+    /// in code with [`ClientAuth::PrivateKeyJwt`](crate::token::ClientAuth::PrivateKeyJwt).
+    #[serde(default = "default_auth_method")]
+    pub auth_method: String,
+    /// The expected `iss` of introspection responses, if they carry one.
+    #[serde(default)]
+    pub issuer: Option<String>,
+    /// Longest an introspection verdict is cached, in seconds (default 60; never past `exp`).
+    #[serde(default = "default_introspection_ttl")]
+    pub cache_max_ttl_secs: u64,
+}
+
+fn default_auth_method() -> String {
+    "client_secret_basic".to_owned()
+}
+
+fn default_introspection_ttl() -> u64 {
+    60
+}
+
+impl IntrospectionConfig {
+    /// Introspection at `endpoint` with `client_secret_basic`.
+    pub fn new(
+        endpoint: impl Into<String>,
+        client_id: impl Into<String>,
+        client_secret: impl Into<String>,
+    ) -> Self {
+        Self {
+            endpoint: endpoint.into(),
+            client_id: client_id.into(),
+            client_secret: client_secret.into(),
+            auth_method: default_auth_method(),
+            issuer: None,
+            cache_max_ttl_secs: default_introspection_ttl(),
+        }
+    }
+}
+
+impl std::fmt::Debug for IntrospectionConfig {
+    // The client secret is never printed.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IntrospectionConfig")
+            .field("endpoint", &self.endpoint)
+            .field("client_id", &self.client_id)
+            .field("auth_method", &self.auth_method)
+            .field("issuer", &self.issuer)
+            .field("cache_max_ttl_secs", &self.cache_max_ttl_secs)
+            .finish_non_exhaustive()
+    }
 }
 
 impl McpAuthConfig {
@@ -82,6 +147,7 @@ impl McpAuthConfig {
             token: TokenRules::default(),
             policy: PolicyConfig::default(),
             dpop: DpopConfig::default(),
+            introspection: None,
         }
     }
 

@@ -11,7 +11,9 @@ pub use service::{McpAuthFuture, McpAuthService};
 use url::Url;
 
 use crate::audit::{AuditEmitter, AuditLayer, RedactArguments};
-use crate::config::{ConfigError, IssuerConfig, McpAuthConfig, UrlRole, check_scope, parse_url};
+use crate::config::{
+    ConfigError, IntrospectionConfig, IssuerConfig, McpAuthConfig, UrlRole, check_scope, parse_url,
+};
 use crate::dpop::{DpopConfig, DpopLayer, DpopMode, ReplayStore};
 use crate::error::{ChallengeConfig, ShapeRejection};
 use crate::http_client::HttpClient;
@@ -22,8 +24,8 @@ use crate::keys::{
 use crate::metadata::{MetadataService, ProtectedResourceMetadata, metadata_url, well_known_paths};
 use crate::policy::{McpPolicyLayer, Policy, ToolScopes};
 use crate::token::{
-    CacheLimits, CacheStats, CachingVerifier, JwtVerifier, RevocationList, TokenLayer,
-    TokenVerifier, TrustedIssuer,
+    CacheLimits, CacheStats, CachingVerifier, ClientAuth, IntrospectionVerifier, JwtVerifier,
+    RevocationList, RoutingVerifier, TokenLayer, TokenVerifier, TrustedIssuer,
 };
 
 /// The assembled authentication stack for one MCP endpoint.
@@ -123,6 +125,7 @@ pub struct McpAuthBuilder {
     redact: Option<Arc<dyn RedactArguments>>,
     replay_store: Option<Arc<dyn ReplayStore>>,
     revocation: Option<Arc<dyn RevocationList>>,
+    introspection: Option<Arc<dyn TokenVerifier>>,
     allow_cors_preflight: bool,
 }
 
@@ -223,6 +226,14 @@ impl McpAuthBuilder {
         self
     }
 
+    /// Verifies opaque (non-JWT) tokens with `verifier`, typically an
+    /// [`IntrospectionVerifier`](crate::token::IntrospectionVerifier) (e.g. with
+    /// `private_key_jwt`); overrides the configuration's `[introspection]`.
+    pub fn introspection(mut self, verifier: Arc<dyn TokenVerifier>) -> Self {
+        self.introspection = Some(verifier);
+        self
+    }
+
     /// Checks every request's token, cached or not, against `list` (see
     /// [`InMemoryRevocationList`](crate::token::InMemoryRevocationList)).
     pub fn revocation_list(mut self, list: Arc<dyn RevocationList>) -> Self {
@@ -294,7 +305,7 @@ impl McpAuthBuilder {
             }
             issuers.push(TrustedIssuer::new(issuer, keys).algorithms(algorithms));
         }
-        if issuers.is_empty() {
+        if issuers.is_empty() && config.introspection.is_none() && self.introspection.is_none() {
             return Err(ConfigError::NoIssuers);
         }
         for (i, a) in issuers.iter().enumerate() {
@@ -363,27 +374,38 @@ impl McpAuthBuilder {
         };
         let policy_layer = McpPolicyLayer::from_config(policy, challenge.clone(), &config.policy);
         let jwt: Arc<dyn TokenVerifier> = Arc::new(verifier.clone());
-        let cache = (rules.cache_max_entries > 0).then(|| {
-            let mut limits = CacheLimits::default();
-            limits.max_entries = rules.cache_max_entries;
-            limits.max_ttl = Duration::from_secs(rules.cache_max_ttl_secs);
-            limits.leeway = Duration::from_secs(rules.leeway_secs);
-            let mut cache = CachingVerifier::new(jwt.clone(), limits);
+        // Every verdict goes through a cache (a zero-size one when caching is off), so the
+        // revocation list is checked on every request.
+        let cached = |inner: Arc<dyn TokenVerifier>, max_ttl: u64| {
+            let limits = CacheLimits {
+                max_entries: rules.cache_max_entries,
+                max_ttl: Duration::from_secs(max_ttl),
+                leeway: Duration::from_secs(rules.leeway_secs),
+            };
+            let mut cache = CachingVerifier::new(inner, limits);
             if let Some(list) = &self.revocation {
                 cache = cache.with_revocation(list.clone());
             }
             Arc::new(cache)
-        });
-        let token_verifier: Arc<dyn TokenVerifier> = match (&cache, self.revocation.take()) {
-            (Some(cache), _) => cache.clone(),
-            // No cache: still check revocation, through a zero-size cache.
-            (None, Some(list)) => {
-                let mut limits = CacheLimits::default();
-                limits.max_entries = 0;
-                Arc::new(CachingVerifier::new(jwt, limits).with_revocation(list))
-            }
-            (None, None) => jwt,
         };
+        let cache = cached(jwt, rules.cache_max_ttl_secs);
+        let opaque: Option<Arc<dyn TokenVerifier>> =
+            match (self.introspection.take(), &config.introspection) {
+                (Some(verifier), config) => {
+                    let ttl = config.as_ref().map_or(60, |c| c.cache_max_ttl_secs);
+                    Some(cached(verifier, ttl))
+                }
+                (None, Some(introspection)) => {
+                    let verifier = self.introspection_verifier(introspection, &config.resource)?;
+                    Some(cached(verifier, introspection.cache_max_ttl_secs))
+                }
+                (None, None) => None,
+            };
+        let token_verifier: Arc<dyn TokenVerifier> = match opaque {
+            Some(opaque) => Arc::new(RoutingVerifier::new(cache.clone(), opaque)),
+            None => cache.clone(),
+        };
+        let cache = (rules.cache_max_entries > 0).then_some(cache);
         let mut token_layer = TokenLayer::new(token_verifier, challenge)
             .max_authorization_len(rules.max_token_bytes + 16)
             .require_dpop(dpop.mode == DpopMode::Required)
@@ -505,6 +527,36 @@ impl McpAuthBuilder {
             (None, true) => return Err(ConfigError::NoKeys(name.clone())),
         };
         Ok(TrustedIssuer::new(name.clone(), source).algorithms(algorithms))
+    }
+
+    fn introspection_verifier(
+        &self,
+        config: &IntrospectionConfig,
+        resource: &str,
+    ) -> Result<Arc<dyn TokenVerifier>, ConfigError> {
+        let endpoint = parse_url(&config.endpoint, UrlRole::Remote("introspection endpoint"))?;
+        let auth = match config.auth_method.as_str() {
+            "client_secret_basic" => ClientAuth::SecretBasic {
+                client_id: config.client_id.clone(),
+                secret: config.client_secret.clone(),
+            },
+            "client_secret_post" => ClientAuth::SecretPost {
+                client_id: config.client_id.clone(),
+                secret: config.client_secret.clone(),
+            },
+            _ => {
+                return Err(ConfigError::Parse(format!(
+                    "introspection auth_method {:?}: expected client_secret_basic or client_secret_post",
+                    config.auth_method
+                )));
+            }
+        };
+        let client = self.client(&config.endpoint)?;
+        let mut verifier = IntrospectionVerifier::new(endpoint, auth, resource, client);
+        if let Some(issuer) = &config.issuer {
+            verifier = verifier.issuer(issuer);
+        }
+        Ok(Arc::new(verifier))
     }
 
     fn client(&self, issuer: &str) -> Result<Arc<dyn HttpClient>, ConfigError> {

@@ -1,0 +1,388 @@
+//! [`IntrospectionVerifier`]: opaque tokens checked at the authorization server (RFC 7662), and
+//! [`RoutingVerifier`], which sends JWTs to the JWT verifier and everything else to
+//! introspection.
+//!
+//! The response is held to the same rules as a JWT: `active` must be the JSON boolean `true`;
+//! `aud` must contain this resource; `iss`, when configured, must match exactly; `exp` is
+//! required and checked with the leeway; `token_type`, when present, must be `Bearer` or `DPoP`
+//! (a `DPoP` token must carry `cnf.jkt`); `cnf` is honoured as for JWTs. Verdicts are cached by
+//! the [`CachingVerifier`](super::CachingVerifier) in front (default at most 60 s, never past
+//! `exp`): within that window a token revoked at the authorization server is still accepted.
+//! An unreachable endpoint is a 503, never an acceptance.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use base64::Engine as _;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use http::HeaderMap;
+use http::header::{AUTHORIZATION, HeaderValue};
+use serde::Deserialize;
+use url::Url;
+
+use super::TokenVerifier;
+use crate::error::{AuthError, AuthErrorKind};
+use crate::http_client::HttpClient;
+use crate::jose::{numeric_date, string, thumbprint};
+use crate::principal::{Binding, Confirmation, Principal, PrincipalParts};
+
+/// Signs a client assertion: receives the `header.payload` signing input, returns the signature.
+pub type AssertionSigner = Arc<dyn Fn(&[u8]) -> Vec<u8> + Send + Sync>;
+
+/// How the resource server authenticates to the introspection endpoint.
+#[derive(Clone)]
+#[non_exhaustive]
+pub enum ClientAuth {
+    /// HTTP Basic with the client id and secret (`client_secret_basic`).
+    SecretBasic {
+        /// Client id.
+        client_id: String,
+        /// Client secret.
+        secret: String,
+    },
+    /// Client id and secret in the form body (`client_secret_post`).
+    SecretPost {
+        /// Client id.
+        client_id: String,
+        /// Client secret.
+        secret: String,
+    },
+    /// A signed client assertion (`private_key_jwt`, RFC 7523) made with `sign`, which receives
+    /// the `header.payload` signing input and returns the signature bytes.
+    PrivateKeyJwt {
+        /// Client id.
+        client_id: String,
+        /// The JWS `alg` of the assertion.
+        alg: crate::keys::SigningAlgorithm,
+        /// The `kid` of the signing key.
+        kid: Option<String>,
+        /// Signs the assertion.
+        sign: AssertionSigner,
+    },
+}
+
+impl fmt::Debug for ClientAuth {
+    // Secrets and keys are never printed.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::SecretBasic { client_id, .. } => write!(f, "SecretBasic({client_id})"),
+            Self::SecretPost { client_id, .. } => write!(f, "SecretPost({client_id})"),
+            Self::PrivateKeyJwt { client_id, alg, .. } => {
+                write!(f, "PrivateKeyJwt({client_id}, {alg})")
+            }
+        }
+    }
+}
+
+/// Verifies opaque tokens at an RFC 7662 introspection endpoint.
+pub struct IntrospectionVerifier {
+    endpoint: Url,
+    auth: ClientAuth,
+    resource: String,
+    issuer: Option<String>,
+    leeway: u64,
+    client: Arc<dyn HttpClient>,
+}
+
+#[derive(Deserialize)]
+struct Introspection {
+    active: serde_json::Value,
+    #[serde(default, deserialize_with = "string")]
+    scope: Option<String>,
+    #[serde(default, deserialize_with = "string")]
+    client_id: Option<String>,
+    #[serde(default, deserialize_with = "string")]
+    token_type: Option<String>,
+    #[serde(default, deserialize_with = "numeric_date")]
+    exp: Option<u64>,
+    #[serde(default, deserialize_with = "numeric_date")]
+    iat: Option<u64>,
+    #[serde(default, deserialize_with = "numeric_date")]
+    nbf: Option<u64>,
+    #[serde(default, deserialize_with = "string")]
+    sub: Option<String>,
+    #[serde(default)]
+    aud: Option<serde_json::Value>,
+    #[serde(default, deserialize_with = "string")]
+    iss: Option<String>,
+    #[serde(default, deserialize_with = "string")]
+    jti: Option<String>,
+    #[serde(default)]
+    cnf: Option<CnfResponse>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CnfResponse {
+    #[serde(default)]
+    jkt: Option<String>,
+    #[serde(default, rename = "x5t#S256")]
+    x5t_s256: Option<String>,
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+impl IntrospectionVerifier {
+    /// Introspects at `endpoint`, authenticating with `auth`, for tokens meant for `resource`.
+    pub fn new(
+        endpoint: Url,
+        auth: ClientAuth,
+        resource: impl Into<String>,
+        client: Arc<dyn HttpClient>,
+    ) -> Self {
+        Self {
+            endpoint,
+            auth,
+            resource: resource.into(),
+            issuer: None,
+            leeway: 30,
+            client,
+        }
+    }
+
+    /// Requires `iss` in responses to equal `issuer` (and records it in the principal).
+    pub fn issuer(mut self, issuer: impl Into<String>) -> Self {
+        self.issuer = Some(issuer.into());
+        self
+    }
+
+    fn client_assertion(
+        &self,
+        client_id: &str,
+        alg: crate::keys::SigningAlgorithm,
+        kid: Option<&str>,
+        sign: &(dyn Fn(&[u8]) -> Vec<u8> + Send + Sync),
+    ) -> String {
+        let now = unix_now();
+        let mut header = serde_json::json!({ "alg": alg.as_str(), "typ": "JWT" });
+        if let Some(kid) = kid {
+            header["kid"] = kid.into();
+        }
+        let claims = serde_json::json!({
+            "iss": client_id,
+            "sub": client_id,
+            "aud": self.endpoint.as_str(),
+            "iat": now,
+            "exp": now + 60,
+            "jti": uuid::Uuid::new_v4().to_string(),
+        });
+        let input = format!(
+            "{}.{}",
+            URL_SAFE_NO_PAD.encode(header.to_string()),
+            URL_SAFE_NO_PAD.encode(claims.to_string())
+        );
+        let signature = sign(input.as_bytes());
+        format!("{input}.{}", URL_SAFE_NO_PAD.encode(signature))
+    }
+
+    async fn introspect(&self, token: &str) -> Result<Introspection, AuthError> {
+        let unavailable = || AuthError::unavailable(AuthErrorKind::KeysUnavailable, 5);
+        let mut headers = HeaderMap::new();
+        let mut form: Vec<(&str, String)> = vec![
+            ("token", token.to_owned()),
+            ("token_type_hint", "access_token".to_owned()),
+        ];
+        match &self.auth {
+            ClientAuth::SecretBasic { client_id, secret } => {
+                // RFC 6749 §2.3.1: form-urlencode each part, then Basic.
+                let enc = |s: &str| {
+                    url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>()
+                };
+                let basic = STANDARD.encode(format!("{}:{}", enc(client_id), enc(secret)));
+                let value =
+                    HeaderValue::from_str(&format!("Basic {basic}")).map_err(|_| unavailable())?;
+                headers.insert(AUTHORIZATION, value);
+            }
+            ClientAuth::SecretPost { client_id, secret } => {
+                form.push(("client_id", client_id.clone()));
+                form.push(("client_secret", secret.clone()));
+            }
+            ClientAuth::PrivateKeyJwt {
+                client_id,
+                alg,
+                kid,
+                sign,
+            } => {
+                let assertion =
+                    self.client_assertion(client_id, *alg, kid.as_deref(), sign.as_ref());
+                form.push(("client_id", client_id.clone()));
+                form.push((
+                    "client_assertion_type",
+                    "urn:ietf:params:oauth:client-assertion-type:jwt-bearer".to_owned(),
+                ));
+                form.push(("client_assertion", assertion));
+            }
+        }
+        let pairs: Vec<(&str, &str)> = form.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let response = self
+            .client
+            .post_form(&self.endpoint, &headers, &pairs)
+            .await
+            .map_err(|e| {
+                tracing::warn!(target: "tower_mcp_auth::introspection", error = %e, "introspection failed");
+                unavailable()
+            })?;
+        if !response.status.is_success() {
+            tracing::warn!(
+                target: "tower_mcp_auth::introspection",
+                status = response.status.as_u16(),
+                "introspection endpoint refused the request"
+            );
+            return Err(unavailable());
+        }
+        serde_json::from_slice(&response.body)
+            .map_err(|_| AuthError::new(AuthErrorKind::InvalidClaim))
+    }
+}
+
+#[async_trait]
+impl TokenVerifier for IntrospectionVerifier {
+    async fn verify(&self, token: &str) -> Result<Principal, AuthError> {
+        let r = self.introspect(token).await?;
+        // Only the JSON boolean `true` means active (RFC 7662 §2.2).
+        if r.active != serde_json::Value::Bool(true) {
+            return Err(AuthError::new(AuthErrorKind::Revoked).with_detail("token is not active"));
+        }
+        let now = unix_now();
+        let exp = r
+            .exp
+            .ok_or(AuthError::new(AuthErrorKind::MissingClaim).with_detail("exp"))?;
+        if now >= exp.saturating_add(self.leeway) {
+            return Err(AuthErrorKind::Expired.into());
+        }
+        if r.nbf
+            .is_some_and(|nbf| nbf > now.saturating_add(self.leeway))
+        {
+            return Err(AuthErrorKind::NotYetValid.into());
+        }
+        let audience: Vec<String> = match r.aud {
+            Some(serde_json::Value::String(a)) => vec![a],
+            Some(serde_json::Value::Array(items)) => items
+                .into_iter()
+                .map(|v| match v {
+                    serde_json::Value::String(s) => Ok(s),
+                    _ => Err(AuthError::new(AuthErrorKind::InvalidClaim)),
+                })
+                .collect::<Result<_, _>>()?,
+            Some(_) => return Err(AuthErrorKind::InvalidClaim.into()),
+            None => return Err(AuthError::new(AuthErrorKind::MissingClaim).with_detail("aud")),
+        };
+        if !audience.contains(&self.resource) {
+            return Err(AuthErrorKind::WrongAudience.into());
+        }
+        if let Some(expected) = &self.issuer
+            && r.iss.as_deref().is_some_and(|iss| iss != expected)
+        {
+            return Err(AuthErrorKind::UntrustedIssuer.into());
+        }
+        let confirmation = match r.cnf {
+            Some(CnfResponse {
+                jkt: None,
+                x5t_s256: None,
+            }) => {
+                return Err(AuthError::new(AuthErrorKind::InvalidClaim).with_detail("cnf"));
+            }
+            Some(c) => Some(Confirmation {
+                jkt: c.jkt,
+                x5t_s256: c.x5t_s256,
+            }),
+            None => None,
+        };
+        match r.token_type.as_deref() {
+            None => {}
+            Some(t) if t.eq_ignore_ascii_case("bearer") => {}
+            Some(t)
+                if t.eq_ignore_ascii_case("dpop")
+                    && confirmation.as_ref().and_then(|c| c.jkt.as_ref()).is_none() =>
+            {
+                return Err(AuthError::new(AuthErrorKind::InvalidClaim).with_detail("cnf"));
+            }
+            Some(t) if t.eq_ignore_ascii_case("dpop") => {}
+            Some(_) => return Err(AuthErrorKind::WrongTokenType.into()),
+        }
+        let scopes: BTreeSet<String> = r
+            .scope
+            .as_deref()
+            .unwrap_or("")
+            .split(' ')
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect();
+        let claims = serde_json::json!({
+            "iss": r.iss, "sub": r.sub, "client_id": r.client_id, "aud": audience,
+            "exp": exp, "iat": r.iat, "jti": r.jti, "scope": r.scope,
+        });
+        let raw = serde_json::value::RawValue::from_string(claims.to_string())
+            .map_err(|_| AuthError::new(AuthErrorKind::InvalidClaim))?;
+        Ok(Principal::new(PrincipalParts {
+            issuer: r.iss.or_else(|| self.issuer.clone()).unwrap_or_default(),
+            subject: r.sub.unwrap_or_default(),
+            client_id: r.client_id,
+            audience,
+            scopes,
+            delegation: Vec::new(),
+            expires_at: exp,
+            issued_at: r.iat,
+            jti: r.jti,
+            token_thumbprint: thumbprint(token),
+            binding: Binding::Bearer,
+            confirmation,
+            claims: raw,
+        }))
+    }
+}
+
+impl fmt::Debug for IntrospectionVerifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("IntrospectionVerifier")
+            .field("endpoint", &self.endpoint.as_str())
+            .field("auth", &self.auth)
+            .field("resource", &self.resource)
+            .field("issuer", &self.issuer)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Sends JWT-shaped tokens (three segments whose header is a JSON object naming `alg`) to the
+/// JWT verifier and all other tokens to introspection.
+#[derive(Debug)]
+pub struct RoutingVerifier {
+    jwt: Arc<dyn TokenVerifier>,
+    opaque: Arc<dyn TokenVerifier>,
+}
+
+impl RoutingVerifier {
+    /// Routes between `jwt` and `opaque`.
+    pub fn new(jwt: Arc<dyn TokenVerifier>, opaque: Arc<dyn TokenVerifier>) -> Self {
+        Self { jwt, opaque }
+    }
+}
+
+fn looks_like_jwt(token: &str) -> bool {
+    let Some(jws) = crate::jose::CompactJws::split(token) else {
+        return false;
+    };
+    jws.header()
+        .ok()
+        .and_then(|h| serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(&h).ok())
+        .is_some_and(|h| h.contains_key("alg"))
+}
+
+#[async_trait]
+impl TokenVerifier for RoutingVerifier {
+    async fn verify(&self, token: &str) -> Result<Principal, AuthError> {
+        if looks_like_jwt(token) {
+            self.jwt.verify(token).await
+        } else {
+            self.opaque.verify(token).await
+        }
+    }
+}
