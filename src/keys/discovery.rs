@@ -166,6 +166,10 @@ impl KeySource for DiscoveredKeys {
     async fn refresh(&self, reason: RefreshReason<'_>) -> Result<Arc<KeySet>, KeyError> {
         self.jwks().await?.refresh(reason).await
     }
+
+    fn stats(&self) -> Option<super::KeySourceStats> {
+        self.jwks.get().map(|jwks| jwks.stats())
+    }
 }
 
 #[cfg(test)]

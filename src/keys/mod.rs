@@ -28,7 +28,7 @@ pub use algorithm::{AlgorithmSet, SigningAlgorithm, UnknownAlgorithm};
 pub use discovery::{DiscoveredKeys, IssuerMetadata, discover, discovery_urls};
 pub(crate) use key::{KeyLookupError, MAX_KID_LEN, proof_key};
 pub use key::{KeySet, VerificationKey, jwk_thumbprint};
-pub use remote::{RemoteJwks, RemoteJwksOptions};
+pub use remote::{KeySourceStats, RemoteJwks, RemoteJwksOptions};
 
 /// Why keys could not be built or obtained.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -91,6 +91,11 @@ pub trait KeySource: Send + Sync + std::fmt::Debug + 'static {
 
     /// Loads keys again if the source's policy allows, returning the best set it has.
     async fn refresh(&self, reason: RefreshReason<'_>) -> Result<Arc<KeySet>, KeyError>;
+
+    /// Counters for remote sources (`None` for static keys).
+    fn stats(&self) -> Option<KeySourceStats> {
+        None
+    }
 }
 
 /// Keys fixed at startup (PEM, JWK or a JWK Set document).

@@ -1,9 +1,12 @@
 //! [`RemoteJwks`]: a JWK Set fetched from the issuer's `jwks_uri`.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use futures_util::FutureExt as _;
+use futures_util::future::{BoxFuture, Shared};
 use url::Url;
 
 use super::{KeyError, KeySet, KeySource, RefreshReason};
@@ -40,23 +43,58 @@ impl Default for RemoteJwksOptions {
     }
 }
 
-#[derive(Debug, Default)]
+type Fetch = Shared<BoxFuture<'static, Result<(Arc<KeySet>, Duration), KeyError>>>;
+
+#[derive(Default)]
 struct State {
     set: Option<Arc<KeySet>>,
     expires_at: Option<Instant>,
     last_attempt: Option<Instant>,
+    /// The fetch in flight, shared by every caller that wants it (single flight).
+    inflight: Option<Fetch>,
+}
+
+/// Counters of a remote key set.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct KeySourceStats {
+    /// Fetches started.
+    pub fetches: u64,
+    /// Fetches that failed.
+    pub failures: u64,
+    /// Requests answered with keys past their expiry because a fetch failed or was cooling down.
+    pub stale_serves: u64,
+    /// Refreshes refused because of the cooldown.
+    pub cooldown_skips: u64,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    fetches: AtomicU64,
+    failures: AtomicU64,
+    stale_serves: AtomicU64,
+    cooldown_skips: AtomicU64,
 }
 
 /// A JWK Set fetched over HTTP, cached for its TTL, refreshed on expiry and on an unknown `kid`
 /// at most once per cooldown, with concurrent refreshes merged into one fetch. When a fetch fails
 /// the last good set keeps serving until `max_stale`.
-#[derive(Debug)]
 pub struct RemoteJwks {
     url: Url,
     client: Arc<dyn HttpClient>,
     options: RemoteJwksOptions,
     state: RwLock<State>,
-    single_flight: tokio::sync::Mutex<()>,
+    counters: Counters,
+}
+
+impl std::fmt::Debug for RemoteJwks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RemoteJwks")
+            .field("url", &self.url.as_str())
+            .field("options", &self.options)
+            .field("stats", &self.stats())
+            .finish()
+    }
 }
 
 impl RemoteJwks {
@@ -72,7 +110,18 @@ impl RemoteJwks {
             client,
             options,
             state: RwLock::new(State::default()),
-            single_flight: tokio::sync::Mutex::new(()),
+            counters: Counters::default(),
+        }
+    }
+
+    /// The counters (fetches, failures, stale serves, cooldown skips).
+    pub fn stats(&self) -> KeySourceStats {
+        let c = &self.counters;
+        KeySourceStats {
+            fetches: c.fetches.load(Ordering::Relaxed),
+            failures: c.failures.load(Ordering::Relaxed),
+            stale_serves: c.stale_serves.load(Ordering::Relaxed),
+            cooldown_skips: c.cooldown_skips.load(Ordering::Relaxed),
         }
     }
 
@@ -93,13 +142,23 @@ impl RemoteJwks {
     fn usable_stale(&self, now: Instant) -> Option<Arc<KeySet>> {
         let state = self.read();
         match (&state.set, state.expires_at) {
-            (Some(set), Some(exp)) if now <= exp + self.options.max_stale => Some(set.clone()),
+            (Some(set), Some(exp)) if now <= exp + self.options.max_stale => {
+                if now >= exp {
+                    self.counters.stale_serves.fetch_add(1, Ordering::Relaxed);
+                }
+                Some(set.clone())
+            }
             _ => None,
         }
     }
 
-    async fn fetch(&self) -> Result<(KeySet, Duration), KeyError> {
-        let response = tokio::time::timeout(self.options.fetch_timeout, self.client.get(&self.url))
+    /// One fetch, owning everything it needs so that it can be shared without a lock.
+    async fn fetch(
+        client: Arc<dyn HttpClient>,
+        url: Url,
+        options: RemoteJwksOptions,
+    ) -> Result<(Arc<KeySet>, Duration), KeyError> {
+        let response = tokio::time::timeout(options.fetch_timeout, client.get(&url))
             .await
             .map_err(|_| KeyError::Unavailable("JWKS fetch timed out".into()))?
             .map_err(|e| KeyError::Unavailable(format!("JWKS fetch failed: {e}")))?;
@@ -114,9 +173,9 @@ impl RemoteJwks {
             return Err(KeyError::Unavailable("JWKS has no usable keys".into()));
         }
         let ttl = max_age(&response.headers)
-            .map(|age| age.clamp(self.options.min_ttl, self.options.max_ttl))
-            .unwrap_or(self.options.default_ttl);
-        Ok((set, ttl))
+            .map(|age| age.clamp(options.min_ttl, options.max_ttl))
+            .unwrap_or(options.default_ttl);
+        Ok((Arc::new(set), ttl))
     }
 }
 
@@ -148,33 +207,49 @@ impl KeySource for RemoteJwks {
     }
 
     async fn refresh(&self, reason: RefreshReason<'_>) -> Result<Arc<KeySet>, KeyError> {
-        let asked_at = Instant::now();
-        // Concurrent refreshes wait here for the one fetch in flight, then reuse its result.
-        let _flight = self.single_flight.lock().await;
-        let now = Instant::now();
+        // Join the fetch in flight, or start one if the cooldown allows. The lock is held only
+        // to read and update the state, never across the fetch itself.
+        let fetch = {
+            let mut state = self.write();
+            match &state.inflight {
+                Some(fetch) => fetch.clone(),
+                None => {
+                    let now = Instant::now();
+                    if let Some(attempt) = state.last_attempt
+                        && now < attempt + self.options.cooldown
+                    {
+                        drop(state);
+                        self.counters.cooldown_skips.fetch_add(1, Ordering::Relaxed);
+                        return self.usable_stale(now).ok_or_else(|| {
+                            KeyError::Unavailable("JWKS unavailable (refresh cooling down)".into())
+                        });
+                    }
+                    state.last_attempt = Some(now);
+                    self.counters.fetches.fetch_add(1, Ordering::Relaxed);
+                    let fetch: Fetch =
+                        Self::fetch(self.client.clone(), self.url.clone(), self.options.clone())
+                            .boxed()
+                            .shared();
+                    state.inflight = Some(fetch.clone());
+                    fetch
+                }
+            }
+        };
+        let result = fetch.clone().await;
         {
-            let state = self.read();
-            if let Some(attempt) = state.last_attempt {
-                let fresh_enough = attempt >= asked_at;
-                let cooling = now < attempt + self.options.cooldown;
-                if fresh_enough || cooling {
-                    drop(state);
-                    return self.usable_stale(now).ok_or_else(|| {
-                        KeyError::Unavailable("JWKS unavailable (refresh cooling down)".into())
-                    });
+            let mut state = self.write();
+            if state.inflight.as_ref().is_some_and(|f| f.ptr_eq(&fetch)) {
+                state.inflight = None;
+                if let Ok((set, ttl)) = &result {
+                    state.set = Some(set.clone());
+                    state.expires_at = Some(Instant::now() + *ttl);
                 }
             }
         }
-        self.write().last_attempt = Some(now);
-        match self.fetch().await {
-            Ok((set, ttl)) => {
-                let set = Arc::new(set);
-                let mut state = self.write();
-                state.set = Some(set.clone());
-                state.expires_at = Some(Instant::now() + ttl);
-                Ok(set)
-            }
+        match result {
+            Ok((set, _)) => Ok(set),
             Err(err) => {
+                self.counters.failures.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(
                     target: "tower_mcp_auth::keys",
                     url = %self.url,
@@ -185,6 +260,10 @@ impl KeySource for RemoteJwks {
                 self.usable_stale(Instant::now()).ok_or(err)
             }
         }
+    }
+
+    fn stats(&self) -> Option<KeySourceStats> {
+        Some(RemoteJwks::stats(self))
     }
 }
 

@@ -59,12 +59,58 @@ export function secretNeedles() {
   return needles;
 }
 
+/** Characters of tokens, proofs and base64 credentials (token68 plus `.`). */
+const CREDENTIAL_RUN = /[A-Za-z0-9\-._~+/=]+/g;
+/** Length of the anchor windows of leakedNeedles. */
+const ANCHOR = 12;
+
+/**
+ * The needles (of secretNeedles) that occur in `text`, exactly as `text.includes(needle)`
+ * for each would find them, but without scanning a large log once per needle (the soak test
+ * has tens of thousands of secrets and a log of tens of MB). Each needle is anchored on the
+ * first ANCHOR characters of its longest run of credential characters: if the needle occurs
+ * in `text`, that window occurs inside a maximal run of credential characters of `text`, so
+ * every window of every distinct run of `text` is looked up, and only the needles found
+ * that way (and those without such an anchor) are searched for in full.
+ */
+function leakedNeedles(text, needles) {
+  const byWindow = new Map();
+  const candidates = new Set();
+  for (const needle of needles.keys()) {
+    let anchor = '';
+    for (const m of needle.matchAll(CREDENTIAL_RUN)) if (m[0].length > anchor.length) anchor = m[0];
+    if (anchor.length < ANCHOR) {
+      candidates.add(needle);
+      continue;
+    }
+    const key = anchor.slice(0, ANCHOR);
+    const list = byWindow.get(key);
+    if (list) list.push(needle);
+    else byWindow.set(key, [needle]);
+  }
+  if (byWindow.size > 0) {
+    const seen = new Set();
+    for (const m of text.matchAll(CREDENTIAL_RUN)) {
+      const run = m[0];
+      if (run.length < ANCHOR || seen.has(run)) continue;
+      seen.add(run);
+      for (let i = 0; i + ANCHOR <= run.length; i += 1) {
+        const hits = byWindow.get(run.slice(i, i + ANCHOR));
+        if (hits) for (const needle of hits) candidates.add(needle);
+      }
+    }
+  }
+  return new Set([...candidates].filter((needle) => text.includes(needle)));
+}
+
 /** Asserts that `text` contains no recorded secret and no `Bearer `. */
 export function assertNoSecrets(text, where) {
   assert.ok(!text.includes('Bearer '), `${where} contains "Bearer "`);
+  const needles = secretNeedles();
+  const found = leakedNeedles(text, needles);
   const leaks = [];
-  for (const [needle, what] of secretNeedles()) {
-    if (text.includes(needle)) leaks.push(`${what}: ${needle.slice(0, 24)}…`);
+  for (const [needle, what] of needles) {
+    if (found.has(needle)) leaks.push(`${what}: ${needle.slice(0, 24)}…`);
   }
   assert.deepEqual(leaks, [], `${where} leaks credentials`);
 }
@@ -123,16 +169,15 @@ function dpopServerChallenge(value, at) {
   return c.bearer.params;
 }
 
-/** Checks one event against the request it records; returns a short classification. */
-function checkEvent(server, req, ev) {
-  const what = `${req.method} ${req.path} (${req.id}, status ${req.status})`;
-  const at = (s) => `${what}: ${s} in ${JSON.stringify(ev)}`;
-
+/**
+ * The members every event has, whoever sent the request: schema, ids, time, resource, peer,
+ * latency, no arguments, `decision: "deny"` iff a reason, 401/403/413/503 denied and 2xx
+ * allowed (by `status`, the one the client saw).
+ */
+function checkEnvelope(server, ev, status, at) {
   assert.equal(ev.schema, 1, at('schema'));
   assert.match(ev.event_id, UUID_V4, at('event_id'));
-  assert.equal(ev.request_id, req.id, at('request_id'));
   assert.match(ev.time, RFC3339_MICROS_UTC, at('time'));
-  assert.deepEqual(ev.http, { method: req.method, path: req.path, status: req.status }, at('http'));
   assert.equal(ev.resource, server.resource, at('resource'));
   assert.match(ev.remote_addr ?? '', /^127\.0\.0\.1:\d+$/, at('remote_addr'));
   assert.ok(Number.isInteger(ev.latency_us) && ev.latency_us >= 0, at('latency_us'));
@@ -143,8 +188,18 @@ function checkEvent(server, req, ev) {
   const hasReason = typeof ev.reason === 'string' && ev.reason !== '';
   assert.equal(ev.decision === 'deny', hasReason, at('decision "deny" iff a reason'));
   if (!hasReason) assert.equal(ev.reason, null, at('reason'));
-  if ([401, 403, 413, 503].includes(req.status)) assert.equal(ev.decision, 'deny', at('a 401/403/413/503 is a denial'));
-  if (req.status >= 200 && req.status < 300) assert.equal(ev.decision, 'allow', at('a 2xx is allowed'));
+  if ([401, 403, 413, 503].includes(status)) assert.equal(ev.decision, 'deny', at('a 401/403/413/503 is a denial'));
+  if (status >= 200 && status < 300) assert.equal(ev.decision, 'allow', at('a 2xx is allowed'));
+}
+
+/** Checks one event against the request it records; returns a short classification. */
+function checkEvent(server, req, ev) {
+  const what = `${req.method} ${req.path} (${req.id}, status ${req.status})`;
+  const at = (s) => `${what}: ${s} in ${JSON.stringify(ev)}`;
+
+  checkEnvelope(server, ev, req.status, at);
+  assert.equal(ev.request_id, req.id, at('request_id'));
+  assert.deepEqual(ev.http, { method: req.method, path: req.path, status: req.status }, at('http'));
   if (req.expect.decision) assert.equal(ev.decision, req.expect.decision, at('decision'));
 
   let challenge;
@@ -223,6 +278,84 @@ function checkEvent(server, req, ev) {
 }
 
 /**
+ * Checks the events of a client registered with registerExternalClient (lib.mjs): requests
+ * this process did not send itself, all carrying one `x-request-id`, so that they cannot be
+ * matched to requests one by one. Per event: the envelope (as for every event, by the status
+ * the event records), a path of this server, the principal and token facts of the client's
+ * token (or, without one, a missing_credentials denial with neither), the operations of a
+ * decided POST, `insufficient_scope` only with `required_scopes` and for the targets in
+ * `refused`; as a group: at least `minEvents` events, every operation of `ops` among them,
+ * every `refused` target refused. Returns the classifications (as checkEvent's).
+ */
+function checkExternalClient(server, client) {
+  const { events } = client;
+  const resourcePath = new URL(server.resource).pathname;
+  const out = [];
+  for (const ev of events) {
+    const at = (s) => `${client.label}: ${s} in ${JSON.stringify(ev)}`;
+    const status = ev.http?.status;
+    checkEnvelope(server, ev, status, at);
+    assert.equal(ev.request_id, client.requestId, at('request_id'));
+    assert.ok(['GET', 'POST', 'DELETE'].includes(ev.http?.method), at('http.method'));
+    assert.equal(ev.http.path, resourcePath, at('http.path'));
+    assert.ok(Number.isInteger(status) && status >= 200 && status < 600, at('http.status'));
+
+    if (client.token === undefined) {
+      assert.equal(ev.reason, 'missing_credentials', at('no token: missing_credentials'));
+      assert.equal(status, 401, at('no token: 401'));
+      assert.equal(ev.principal, null, at('no principal without a token'));
+      assert.equal(ev.token, null, at('no token facts without a token'));
+      assert.deepEqual(ev.mcp, [], at('no operations before authentication'));
+      out.push({ decision: ev.decision, reason: ev.reason, stepUpTool: false, allowedWithPrincipal: false });
+      continue;
+    }
+    assert.ok(!TOKEN_REASONS.has(ev.reason), at('the client\'s token is valid'));
+    assert.notEqual(status, 401, at('the client\'s token is valid'));
+    const want = expectedPrincipal(client.token);
+    assert.deepEqual({ ...ev.principal, scopes: [...(ev.principal?.scopes ?? [])].sort() }, want.principal, at('principal'));
+    assert.deepEqual(ev.token, want.token, at('token'));
+    if (ev.http.method === 'POST' && (ev.reason === null || DECIDED_REASONS.has(ev.reason))) {
+      assert.ok(Array.isArray(ev.mcp) && ev.mcp.length >= 1, at('a decided POST lists its operations'));
+      for (const op of ev.mcp) assert.equal(typeof op.method, 'string', at('mcp[].method'));
+    } else {
+      assert.deepEqual(ev.mcp, [], at('no operations (GET/DELETE)'));
+    }
+    if (ev.reason === 'insufficient_scope') {
+      const target = ev.mcp[0]?.target;
+      assert.ok(Object.hasOwn(client.refused, target), at(`an expected refusal (${Object.keys(client.refused)})`));
+      const set = (list) => [...new Set(list)].sort();
+      assert.deepEqual(set(ev.required_scopes), set(client.refused[target].split(' ')), at('required_scopes'));
+      assert.equal(status, 403, at('insufficient_scope is a 403'));
+    } else {
+      assert.deepEqual(ev.required_scopes, [], at('required_scopes'));
+    }
+    if (ev.reason === 'access_denied') {
+      assert.ok(typeof ev.reason_detail === 'string' && ev.reason_detail !== '', at('reason_detail of a policy denial'));
+    } else {
+      assert.equal(ev.reason_detail, null, at('reason_detail'));
+    }
+    out.push({
+      decision: ev.decision,
+      reason: ev.reason,
+      stepUpTool: ev.reason === 'insufficient_scope' && ev.mcp[0]?.method === 'tools/call' && ev.mcp[0].target !== null,
+      allowedWithPrincipal: ev.decision === 'allow',
+    });
+  }
+  assert.ok(events.length >= client.minEvents, `${client.label}: at least ${client.minEvents} events, got ${events.length}`);
+  const seen = events.flatMap((ev) => ev.mcp ?? []).map((op) => `${op.method} ${op.target}`);
+  for (const [method, target = null] of client.ops) {
+    assert.ok(seen.includes(`${method} ${target}`), `${client.label}: an event of ${method} ${target ?? ''} among ${JSON.stringify(seen)}`);
+  }
+  for (const target of Object.keys(client.refused)) {
+    assert.ok(
+      events.some((ev) => ev.reason === 'insufficient_scope' && ev.mcp[0]?.target === target),
+      `${client.label}: ${target} refused with insufficient_scope`,
+    );
+  }
+  return out;
+}
+
+/**
  * Stops `server` and checks its audit log against its request ledger (see the top of this
  * file). `minimum`: counts the log must at least contain, by reason code, or `allow`,
  * `stepUpTool` (403 step-ups of a tools/call), `allowedWithPrincipal` (so that the checks
@@ -242,21 +375,32 @@ export async function checkAuditLog(server, { minimum = {} } = {}) {
   assert.deepEqual(failed.map((r) => `${r.method} ${r.path} ${r.id}: ${r.error?.message}`), [], 'every tracked request got an answer');
 
   assert.equal(new Set(events.map((e) => e.event_id)).size, events.length, 'event_ids are unique');
+  // Events of registered external clients (registerExternalClient) are checked as groups.
+  const external = new Map((server.externalClients ?? []).map((c) => [c.requestId, c]));
+  for (const c of external.values()) c.events = [];
   const byRequest = new Map();
   const stray = [];
+  const requestIds = new Set(requests.map((r) => r.id));
+  assert.ok(![...external.keys()].some((id) => requestIds.has(id)), 'no tracked request reuses an external client\'s request id');
   for (const ev of events) {
-    if (byRequest.has(ev.request_id) || !requests.some((r) => r.id === ev.request_id)) stray.push(ev);
+    if (external.has(ev.request_id)) external.get(ev.request_id).events.push(ev);
+    else if (byRequest.has(ev.request_id) || !requestIds.has(ev.request_id)) stray.push(ev);
     else byRequest.set(ev.request_id, ev);
   }
-  assert.deepEqual(stray, [], 'every event belongs to exactly one tracked request');
+  assert.deepEqual(stray, [], 'every event belongs to exactly one tracked request (or to a registered external client)');
   const missing = requests.filter((r) => !byRequest.has(r.id)).map((r) => `${r.method} ${r.path} ${r.id} → ${r.status}`);
   assert.deepEqual(missing, [], 'every request has an event');
-  assert.equal(events.length, requests.length, 'one audit event per HTTP request');
+  const externalEvents = [...external.values()].reduce((n, c) => n + c.events.length, 0);
+  assert.equal(events.length, requests.length + externalEvents, 'one audit event per HTTP request');
 
   const counts = { events: events.length, allow: 0, deny: 0, stepUpTool: 0, allowedWithPrincipal: 0 };
+  if (external.size) counts.external = externalEvents;
   const reasons = {};
-  for (const req of requests) {
-    const c = checkEvent(server, req, byRequest.get(req.id));
+  const classified = [
+    ...requests.map((req) => checkEvent(server, req, byRequest.get(req.id))),
+    ...[...external.values()].flatMap((c) => checkExternalClient(server, c)),
+  ];
+  for (const c of classified) {
     counts[c.decision] += 1;
     if (c.reason) reasons[c.reason] = (reasons[c.reason] ?? 0) + 1;
     if (c.stepUpTool) counts.stepUpTool += 1;

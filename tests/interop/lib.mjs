@@ -164,6 +164,90 @@ export function spawnUntil(name, command, args, { ready, timeoutMs = STARTUP_TIM
   });
 }
 
+/** Process groups of runProcess children still running: killed when this process exits. */
+const processGroups = new Set();
+process.once('exit', () => {
+  for (const pid of processGroups) {
+    try {
+      process.kill(-pid, 'SIGKILL');
+    } catch {
+      // already gone
+    }
+  }
+});
+
+/**
+ * Runs a command to completion (for one-shot clients: the Python SDK client, the MCP
+ * Inspector CLI). The child leads a process group of its own, so a timeout (SIGTERM, then
+ * SIGKILL 3 s later) or the exit of this process also ends whatever it spawned. `input` is
+ * written to its stdin. Resolves to `{ code, signal, stdout, stderr, timedOut, ms }`; rejects
+ * only if the command cannot be started (with `name`, the command and the reason, e.g. ENOENT).
+ * INTEROP_LOGS=1 echoes its stderr.
+ */
+export function runProcess(name, command, args, {
+  input, timeoutMs = 60_000, cwd, env,
+} = {}) {
+  const started = Date.now();
+  const child = spawn(command, args, {
+    cwd,
+    env: { ...process.env, NO_COLOR: '1', ...env },
+    stdio: ['pipe', 'pipe', 'pipe'],
+    detached: true,
+  });
+  let stdout = '';
+  let stderr = '';
+  child.stdout.setEncoding('utf8');
+  child.stderr.setEncoding('utf8');
+  child.stdout.on('data', (c) => {
+    stdout += c;
+    if (stdout.length > 4_000_000) stdout = stdout.slice(-2_000_000);
+  });
+  child.stderr.on('data', (c) => {
+    stderr += c;
+    if (stderr.length > 400_000) stderr = stderr.slice(-200_000);
+    if (process.env.INTEROP_LOGS) process.stderr.write(`[${name}] ${c}`);
+  });
+  child.stdin.on('error', () => {}); // EPIPE if it exits without reading
+  child.stdin.end(input ?? '');
+  const killGroup = (signal) => {
+    try {
+      process.kill(-child.pid, signal);
+    } catch {
+      // already gone
+    }
+  };
+  return new Promise((resolve, reject) => {
+    let timedOut = false;
+    let hardKill;
+    const timer = setTimeout(() => {
+      timedOut = true;
+      killGroup('SIGTERM');
+      hardKill = setTimeout(() => killGroup('SIGKILL'), 3000);
+    }, timeoutMs);
+    child.once('spawn', () => processGroups.add(child.pid));
+    child.once('error', (err) => {
+      clearTimeout(timer);
+      reject(new Error(`${name}: cannot run ${command}: ${err.code ?? ''} ${err.message}`));
+    });
+    child.once('close', (code, signal) => {
+      clearTimeout(timer);
+      clearTimeout(hardKill);
+      // Whatever it left behind in its group goes too.
+      killGroup('SIGKILL');
+      processGroups.delete(child.pid);
+      resolve({
+        code, signal, stdout, stderr, timedOut, ms: Date.now() - started,
+      });
+    });
+  });
+}
+
+/** A one-line description of a runProcess result, with the tail of its output, for assertion messages. */
+export function describeRun(name, run) {
+  const why = run.timedOut ? 'timed out' : `exited with code ${run.code}, signal ${run.signal}`;
+  return `${name} ${why} after ${run.ms} ms\n--- stderr ---\n${run.stderr.slice(-6000)}\n--- stdout ---\n${run.stdout.slice(-3000)}`;
+}
+
 export function freePort() {
   return new Promise((resolve, reject) => {
     const srv = net.createServer();
@@ -370,9 +454,11 @@ function headerValues(headers, name) {
  * its `requests` ledger and returned (else undefined). `bearer` / `dpopToken` is the token
  * of a single `Authorization: Bearer` / `DPoP` header, `dpopProofs` the `DPoP` header values. The caller must send `x-request-id: entry.id` (the audit
  * event's `request_id`) and call finishRequest with what it got back. `entry.expect` may
- * be filled in (expectAudit) with what the audit event must say.
+ * be filled in (expectAudit) with what the audit event must say. `id` overrides the generated
+ * request id, for requests another process sent with an `x-request-id` of its own (the Python
+ * SDK suite replays its client's ledger this way).
  */
-export function trackRequest(url, { method = 'GET', headers, body } = {}) {
+export function trackRequest(url, { method = 'GET', headers, body, id } = {}) {
   for (const v of headerValues(headers, 'authorization')) recordAuthorization(v);
   for (const v of headerValues(headers, 'dpop')) recordSecret(v);
   const u = new URL(url);
@@ -383,7 +469,7 @@ export function trackRequest(url, { method = 'GET', headers, body } = {}) {
   const bearer = authorization.length === 1 ? /^bearer[ \t]+(\S+)[ \t]*$/i.exec(authorization[0])?.[1] : undefined;
   const dpopToken = authorization.length === 1 ? /^dpop[ \t]+(\S+)[ \t]*$/i.exec(authorization[0])?.[1] : undefined;
   const entry = {
-    id: `interop-${process.pid}-${requestCounter}`,
+    id: id ?? `interop-${process.pid}-${requestCounter}`,
     method: method.toUpperCase(),
     path: u.pathname,
     authorization,
@@ -399,6 +485,36 @@ export function trackRequest(url, { method = 'GET', headers, body } = {}) {
   };
   server.requests.push(entry);
   return entry;
+}
+
+/**
+ * Declares that requests carrying `x-request-id: requestId` reach `server` from a client this
+ * process does not see request by request (another process sending one fixed header on all
+ * its requests, e.g. the MCP Inspector CLI). The audit check (audit.mjs) then accepts events
+ * with that request_id without a ledger entry each, and checks them as a group instead:
+ *
+ *   token       the bearer token the client sent (undefined: none; every event must then be
+ *               a missing_credentials denial), recorded in SECRETS with its header value;
+ *   ops         [[method, target], ...]: operations that must appear among the events;
+ *   refused     { target: 'scope ...' }: tools/call targets that must be 403
+ *               insufficient_scope with these required scopes (set comparison);
+ *   minEvents   at least this many events (default: ops.length, at least 1).
+ *
+ * Returns the registration (`events` is filled in by the check).
+ */
+export function registerExternalClient(server, {
+  requestId, token, ops = [], refused = {}, minEvents, label = requestId,
+}) {
+  assert.ok(/^[!-~]{1,128}$/.test(requestId), `registerExternalClient: request id ${JSON.stringify(requestId)}`);
+  recordSecret(token);
+  if (token !== undefined) recordAuthorization(`Bearer ${token}`);
+  server.externalClients ??= [];
+  assert.ok(!server.externalClients.some((c) => c.requestId === requestId), `request id ${requestId} registered twice`);
+  const client = {
+    requestId, token, ops, refused, minEvents: minEvents ?? Math.max(1, ops.length), label, events: [],
+  };
+  server.externalClients.push(client);
+  return client;
 }
 
 /** What the client saw: the status and the WWW-Authenticate header (or the error). */
