@@ -66,6 +66,10 @@ pub struct McpAuthConfig {
     /// DPoP (RFC 9449) settings; off by default.
     #[serde(default)]
     pub dpop: DpopConfig,
+    /// Advertise support for certificate-bound tokens (RFC 8705) in the metadata
+    /// (`tls_client_certificate_bound_access_tokens`); they are honoured either way.
+    #[serde(default)]
+    pub mtls: bool,
     /// RFC 7662 introspection for opaque tokens; off unless configured.
     #[serde(default)]
     pub introspection: Option<IntrospectionConfig>,
@@ -147,6 +151,7 @@ impl McpAuthConfig {
             token: TokenRules::default(),
             policy: PolicyConfig::default(),
             dpop: DpopConfig::default(),
+            mtls: false,
             introspection: None,
         }
     }
@@ -192,6 +197,9 @@ pub struct IssuerConfig {
     /// Find `jwks_uri` through issuer metadata discovery (RFC 8414, then OpenID Connect).
     #[serde(default)]
     pub discover: bool,
+    /// Claims this issuer's tokens must carry; default: `[token] required_claims`.
+    #[serde(default)]
+    pub required_claims: Option<RequiredClaims>,
 }
 
 impl IssuerConfig {
@@ -205,6 +213,7 @@ impl IssuerConfig {
             keys: Vec::new(),
             algorithms: None,
             discover: false,
+            required_claims: None,
         }
     }
 

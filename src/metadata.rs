@@ -48,6 +48,9 @@ pub struct ProtectedResourceMetadata {
     /// Whether only DPoP-bound tokens are accepted (omitted when false).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub dpop_bound_access_tokens_required: bool,
+    /// Whether certificate-bound tokens (RFC 8705) are supported (omitted when false).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub tls_client_certificate_bound_access_tokens: bool,
 }
 
 impl ProtectedResourceMetadata {
@@ -62,6 +65,7 @@ impl ProtectedResourceMetadata {
             resource_documentation: None,
             dpop_signing_alg_values_supported: Vec::new(),
             dpop_bound_access_tokens_required: false,
+            tls_client_certificate_bound_access_tokens: false,
         }
     }
 }

@@ -100,6 +100,15 @@ impl McpAuth {
         &self.resource
     }
 
+    /// Key-source counters per issuer (fetches, failures, stale serves), for remote sources.
+    pub fn key_stats(&self) -> Vec<(String, crate::keys::KeySourceStats)> {
+        self.verifier
+            .issuers()
+            .iter()
+            .filter_map(|i| Some((i.issuer().to_owned(), i.key_stats()?)))
+            .collect()
+    }
+
     /// Verified-token cache counters (`None` when the cache is off).
     pub fn cache_stats(&self) -> Option<CacheStats> {
         self.cache.as_ref().map(|c| c.stats())
@@ -334,6 +343,7 @@ impl McpAuthBuilder {
         let mut metadata = ProtectedResourceMetadata::new(&config.resource, authorization_servers);
         metadata.dpop_signing_alg_values_supported = dpop_algs.clone();
         metadata.dpop_bound_access_tokens_required = dpop.mode == DpopMode::Required;
+        metadata.tls_client_certificate_bound_access_tokens = config.mtls;
         metadata.scopes_supported = config.scopes_supported.clone();
         metadata.resource_name = config.resource_name.clone();
         metadata.resource_documentation = config.resource_documentation.clone();
@@ -509,7 +519,11 @@ impl McpAuthBuilder {
             }
             let client = self.client(name)?;
             let source: Arc<dyn KeySource> = Arc::new(DiscoveredKeys::new(name.clone(), client));
-            return Ok(TrustedIssuer::new(name.clone(), source).algorithms(algorithms));
+            let trusted = TrustedIssuer::new(name.clone(), source).algorithms(algorithms);
+            return Ok(match config.required_claims {
+                Some(required) => trusted.required_claims(required),
+                None => trusted,
+            });
         }
         let source: Arc<dyn KeySource> = match (&config.jwks_uri, static_keys.is_empty()) {
             (Some(_), false) => {
@@ -526,7 +540,11 @@ impl McpAuthBuilder {
             (None, false) => Arc::new(StaticKeys::new(KeySet::new(static_keys))),
             (None, true) => return Err(ConfigError::NoKeys(name.clone())),
         };
-        Ok(TrustedIssuer::new(name.clone(), source).algorithms(algorithms))
+        let trusted = TrustedIssuer::new(name.clone(), source).algorithms(algorithms);
+        Ok(match config.required_claims {
+            Some(required) => trusted.required_claims(required),
+            None => trusted,
+        })
     }
 
     fn introspection_verifier(

@@ -34,6 +34,7 @@ pub struct TrustedIssuer {
     issuer: String,
     keys: Arc<dyn KeySource>,
     algorithms: AlgorithmSet,
+    required: Option<RequiredClaims>,
 }
 
 impl TrustedIssuer {
@@ -44,7 +45,19 @@ impl TrustedIssuer {
             issuer: issuer.into(),
             keys,
             algorithms: AlgorithmSet::ASYMMETRIC,
+            required: None,
         }
+    }
+
+    /// The claims this issuer's tokens must carry, instead of the verifier's default.
+    pub fn required_claims(mut self, required: RequiredClaims) -> Self {
+        self.required = Some(required);
+        self
+    }
+
+    /// The key source's counters, if it keeps any.
+    pub fn key_stats(&self) -> Option<crate::keys::KeySourceStats> {
+        self.keys.stats()
     }
 
     /// Restricts (or, for HMAC with a shared secret, extends) the allowed algorithms.
@@ -224,7 +237,8 @@ impl JwtVerifier {
         verifier
             .verify(parsed.signing_input.as_bytes(), &parsed.signature)
             .map_err(|_| AuthError::new(AuthErrorKind::InvalidSignature))?;
-        validate_claims(parsed.claims, &parsed.payload, token, inner)
+        let required = trusted.required.unwrap_or(inner.required);
+        validate_claims(parsed.claims, &parsed.payload, token, inner, required)
     }
 }
 
@@ -438,6 +452,7 @@ fn validate_claims(
     payload: &[u8],
     token: &str,
     inner: &Inner,
+    required: RequiredClaims,
 ) -> Result<Principal, AuthError> {
     let missing =
         |name: &'static str| AuthError::new(AuthErrorKind::MissingClaim).with_detail(name);
@@ -462,7 +477,6 @@ fn validate_claims(
     if !audience.contains(&inner.resource) {
         return Err(AuthErrorKind::WrongAudience.into());
     }
-    let required = inner.required;
     if required.sub && claims.sub.is_none() {
         return Err(missing("sub"));
     }
