@@ -7,6 +7,8 @@
 //!   `ToolScopes` allowing the tool) around a trivial service, with a valid token and with no
 //!   token (the rejection path), against the bare service.
 //!
+//! - `cache/*`: the whole stack with the same token, verifying every time (cache off) against a
+//!   verified-token cache hit.
 //! - `audit/*`: the rejection path (no cryptography) with and without the audit layer (a sink
 //!   that discards events): the difference is what auditing adds to the request path.
 //!
@@ -177,6 +179,7 @@ fn layer(c: &mut Criterion) {
             })
         })
     });
+    // The same token every time: after the first request, a verified-token cache hit.
     group.bench_function("mcp_auth_layer_valid_token", |b| {
         b.iter(|| {
             rt.block_on(async {
@@ -260,5 +263,46 @@ fn audit(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, es256, layer, audit);
+/// Cold (cache off: every request verifies the signature) against warm (cache hit) for the
+/// same token through the whole stack.
+fn cache(c: &mut Criterion) {
+    let rt = runtime();
+    let dev = DevIssuer::new(ISSUER);
+    let build = |entries: u64| {
+        let mut config = tower_mcp_auth::McpAuthConfig::new(RESOURCE);
+        config.token.cache_max_entries = entries;
+        McpAuth::builder()
+            .config(config)
+            .issuer(dev.issuer_config())
+            .policy(ToolScopes::new().tool("whoami", ["notes:read"]))
+            .build()
+            .expect("config")
+    };
+    let token = dev.token(RESOURCE).scope("notes:read").sign();
+    let bearer = format!("Bearer {token}");
+    let inner = tower::service_fn(|_req: Request<Body>| async {
+        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(RESULT))))
+    });
+    let mut cold = build(0).layer().layer(inner);
+    let mut warm = build(100_000).layer().layer(inner);
+    let mut group = c.benchmark_group("cache");
+    for (name, service) in [
+        ("cold_es256_every_request", &mut cold),
+        ("warm_cache_hit", &mut warm),
+    ] {
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                rt.block_on(async {
+                    let svc = service.ready().await.unwrap();
+                    let response = svc.call(black_box(request(Some(&bearer)))).await.unwrap();
+                    debug_assert_eq!(response.status(), StatusCode::OK);
+                    response
+                })
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, es256, layer, audit, cache);
 criterion_main!(benches);

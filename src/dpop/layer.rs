@@ -149,6 +149,8 @@ pub struct DpopLayer {
 
 struct DpopShared {
     htu: String,
+    /// `scheme://authority` of `htu`, to rebuild the request's URL from its path.
+    origin: String,
     algorithms: AlgorithmSet,
     max_age: u64,
     max_future: u64,
@@ -184,9 +186,13 @@ impl DpopLayer {
         if config.algorithms.is_empty() || config.algorithms.iter().any(|a| a.is_symmetric()) {
             return Err(DpopConfigError::InvalidAlgorithms);
         }
+        let origin = url::Url::parse(&normalized)
+            .map(|u| u.origin().ascii_serialization())
+            .map_err(|_| DpopConfigError::InvalidHtu(htu.to_owned()))?;
         Ok(Self {
             shared: Some(Arc::new(DpopShared {
                 htu: normalized,
+                origin,
                 algorithms: config.algorithms.iter().copied().collect(),
                 max_age: config.max_age_secs,
                 max_future: config.max_future_secs,
@@ -214,6 +220,7 @@ impl DpopLayer {
         Self {
             shared: Some(Arc::new(DpopShared {
                 htu: s.htu.clone(),
+                origin: s.origin.clone(),
                 algorithms: s.algorithms,
                 max_age: s.max_age,
                 max_future: s.max_future,
@@ -327,6 +334,18 @@ impl DpopShared {
                 .filter(|p| !p.contains(',') && !p.contains(' '))
                 .ok_or_else(|| fail(AuthErrorKind::MultipleDpopProofs))?,
         };
+        // The proof names the configured URL; the request must be for that URL too (the
+        // origin comes from configuration, never from `Host`).
+        let requested = super::normalize_htu(&format!("{}{}", self.origin, req.uri().path()));
+        if requested.as_deref() != Some(self.htu.as_str()) {
+            let error = AuthError::new(AuthErrorKind::InvalidDpopProof)
+                .with_detail("the request is not for the proof's htu")
+                .on_dpop();
+            return Err(match &nonce {
+                Some(nonce) => error.with_nonce(nonce.clone()),
+                None => error,
+            });
+        }
         let ctx = ProofContext {
             method: req.method().as_str(),
             htu: &self.htu,
