@@ -229,6 +229,11 @@ impl CachingVerifier {
             && list.is_revoked(&principal)
         {
             self.revoked.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(
+                target: "tower_mcp_auth::cache",
+                token = principal.token_thumbprint(),
+                "token revoked"
+            );
             return Err(AuthErrorKind::Revoked.into());
         }
         Ok(principal)
@@ -244,6 +249,7 @@ impl TokenVerifier for CachingVerifier {
             let exp = entry.principal.expires_at_unix();
             if unix_now() < exp.saturating_add(self.limits.leeway.as_secs()) {
                 self.hits.fetch_add(1, Ordering::Relaxed);
+                tracing::trace!(target: "tower_mcp_auth::cache", token = entry.principal.token_thumbprint(), "verified-token cache hit");
                 return self.check(entry.principal);
             }
             self.cache.invalidate(&key);
@@ -251,6 +257,7 @@ impl TokenVerifier for CachingVerifier {
         }
         self.misses.fetch_add(1, Ordering::Relaxed);
         let principal = self.inner.verify(token).await?;
+        tracing::trace!(target: "tower_mcp_auth::cache", token = principal.token_thumbprint(), "verified and cached");
         let remaining = principal
             .expires_at_unix()
             .saturating_add(self.limits.leeway.as_secs())
