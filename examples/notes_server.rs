@@ -24,8 +24,12 @@
 //!   --audit-log FILE     audit events as JSON lines (flushed every second and on shutdown)
 //!   --dpop MODE          off (default), allowed (Bearer or DPoP-bound) or required
 //!   --dpop-nonces        require server nonces in DPoP proofs
-//!   --introspection-endpoint URL, --client-id ID, --client-secret S: not yet supported
-//!                        (the command fails)
+//!   --introspection-endpoint URL  RFC 7662 introspection of opaque (non-JWT) tokens at URL,
+//!                        authenticated with client_secret_basic as
+//!   --client-id ID --client-secret S  (all three together); JWT-shaped tokens still go to
+//!                        the JWT verifier of --issuer (or --config). Verdicts are cached for
+//!                        60 s: a token revoked at the authorization server within that time
+//!                        is still accepted until its cached verdict expires
 //! ```
 //!
 //! The scope map is enforced by the policy layer before any handler runs (`--config` may
@@ -65,6 +69,7 @@ use rmcp::{
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use tower_mcp_auth::audit::{self, AuditEmitter, AuditOptions, FsyncPolicy, JsonLinesSink};
+use tower_mcp_auth::config::IntrospectionConfig;
 use tower_mcp_auth::dpop::{DpopConfig, DpopMode};
 use tower_mcp_auth::policy::ToolScopes;
 use tower_mcp_auth::testing::DevIssuer;
@@ -300,11 +305,34 @@ struct Args {
     audit_log: Option<String>,
     dpop: DpopMode,
     dpop_nonces: bool,
+    introspection_endpoint: Option<String>,
+    client_id: Option<String>,
+    client_secret: Option<String>,
+}
+
+impl Args {
+    /// `--introspection-endpoint`, `--client-id` and `--client-secret`, given all together.
+    fn introspection(&self) -> Result<Option<IntrospectionConfig>, String> {
+        match (
+            &self.introspection_endpoint,
+            &self.client_id,
+            &self.client_secret,
+        ) {
+            (Some(endpoint), Some(id), Some(secret)) => {
+                Ok(Some(IntrospectionConfig::new(endpoint, id, secret)))
+            }
+            (None, None, None) => Ok(None),
+            _ => {
+                Err("--introspection-endpoint, --client-id and --client-secret go together".into())
+            }
+        }
+    }
 }
 
 const USAGE: &str = "usage: notes_server [--listen ADDR] [--resource URL] [--issuer URL \
     --jwks-uri URL] [--config FILE] [--sessions] [--audit-log FILE] \
-    [--dpop off|allowed|required] [--dpop-nonces]";
+    [--dpop off|allowed|required] [--dpop-nonces] \
+    [--introspection-endpoint URL --client-id ID --client-secret S]";
 
 fn parse_args() -> Result<Args, String> {
     let mut args = Args::default();
@@ -330,9 +358,9 @@ fn parse_args() -> Result<Args, String> {
             }
             "--dpop-nonces" => args.dpop_nonces = true,
             "--audit-log" => args.audit_log = Some(value()?),
-            "--introspection-endpoint" | "--client-id" | "--client-secret" => {
-                return Err(format!("{flag}: not yet supported"));
-            }
+            "--introspection-endpoint" => args.introspection_endpoint = Some(value()?),
+            "--client-id" => args.client_id = Some(value()?),
+            "--client-secret" => args.client_secret = Some(value()?),
             "--help" | "-h" => return Err(USAGE.to_owned()),
             _ => return Err(format!("unknown argument {flag}\n{USAGE}")),
         }
@@ -362,6 +390,7 @@ fn build_auth(
     resource: &str,
     audit: Option<AuditEmitter>,
 ) -> Result<(McpAuth, Option<DevIssuer>), String> {
+    let introspection = args.introspection()?;
     let mut builder = McpAuth::builder();
     if let Some(emitter) = audit {
         builder = builder.audit(emitter);
@@ -378,9 +407,18 @@ fn build_auth(
             config.dpop.mode = args.dpop;
             config.dpop.nonces |= args.dpop_nonces;
         }
+        if introspection.is_some() {
+            config.introspection = introspection;
+        }
         let auth = builder.config(config).build().map_err(|e| e.to_string())?;
         return Ok((auth, None));
     }
+    // Opaque tokens go to the introspection endpoint (`McpAuthConfig::introspection`); the
+    // settings below are added to this configuration.
+    let mut config = McpAuthConfig::new(resource);
+    let introspecting = introspection.is_some();
+    config.introspection = introspection;
+    let builder = builder.config(config);
     let mut dpop = DpopConfig::with_mode(args.dpop);
     dpop.nonces = args.dpop_nonces;
     let builder = builder
@@ -406,6 +444,11 @@ fn build_auth(
             Ok((auth, None))
         }
         (None, Some(_)) => Err("--jwks-uri needs --issuer".into()),
+        (None, None) if introspecting => {
+            // Introspection alone: opaque tokens only, no JWT issuer (and no development one).
+            let auth = builder.build().map_err(|e| e.to_string())?;
+            Ok((auth, None))
+        }
         (None, None) => {
             let base = resource.split("/mcp").next().unwrap_or(resource);
             let dev = DevIssuer::new(format!("{}/dev-issuer", base.trim_end_matches('/')));

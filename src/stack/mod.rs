@@ -406,7 +406,11 @@ impl McpAuthBuilder {
                     Some(cached(verifier, ttl))
                 }
                 (None, Some(introspection)) => {
-                    let verifier = self.introspection_verifier(introspection, &config.resource)?;
+                    let verifier = self.introspection_verifier(
+                        introspection,
+                        &config.resource,
+                        rules.leeway_secs,
+                    )?;
                     Some(cached(verifier, introspection.cache_max_ttl_secs))
                 }
                 (None, None) => None,
@@ -551,6 +555,7 @@ impl McpAuthBuilder {
         &self,
         config: &IntrospectionConfig,
         resource: &str,
+        leeway_secs: u64,
     ) -> Result<Arc<dyn TokenVerifier>, ConfigError> {
         let endpoint = parse_url(&config.endpoint, UrlRole::Remote("introspection endpoint"))?;
         let auth = match config.auth_method.as_str() {
@@ -570,7 +575,8 @@ impl McpAuthBuilder {
             }
         };
         let client = self.client(&config.endpoint)?;
-        let mut verifier = IntrospectionVerifier::new(endpoint, auth, resource, client);
+        let mut verifier = IntrospectionVerifier::new(endpoint, auth, resource, client)
+            .leeway(Duration::from_secs(leeway_secs));
         if let Some(issuer) = &config.issuer {
             verifier = verifier.issuer(issuer);
         }

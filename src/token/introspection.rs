@@ -148,6 +148,12 @@ impl IntrospectionVerifier {
         }
     }
 
+    /// Clock-skew leeway for `exp` and `nbf` (default 30 s).
+    pub fn leeway(mut self, leeway: std::time::Duration) -> Self {
+        self.leeway = leeway.as_secs();
+        self
+    }
+
     /// Requires `iss` in responses to equal `issuer` (and records it in the principal).
     pub fn issuer(mut self, issuer: impl Into<String>) -> Self {
         self.issuer = Some(issuer.into());

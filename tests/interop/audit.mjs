@@ -15,6 +15,8 @@
 //   - a request with a valid token: `principal` (issuer, subject, client_id, scopes) and
 //     `token` (jti, thumbprint = base64url(SHA-256(token)), binding) match the token sent;
 //     for `Authorization: DPoP` `binding: "dpop"` and `key_thumbprint` = the token's cnf.jkt;
+//     for an opaque token the claims are its introspection response (`expectAudit(res,
+//     { claims })`);
 //   - a server started with `--dpop allowed|required` answers with a Bearer challenge first
 //     and at most one DPoP challenge; the error is read from whichever carries one;
 //     without a valid token neither is present; `session` = base64url(SHA-256(Mcp-Session-Id));
@@ -136,8 +138,12 @@ function operationsOf(body) {
   });
 }
 
-function expectedPrincipal(token, binding = 'bearer') {
-  const { payload } = decodeJwt(token);
+/**
+ * The principal and token facts of an event for `token`: from its JWT claims, or from
+ * `claims` (an opaque token's introspection response, given with expectAudit(res, { claims })).
+ */
+function expectedPrincipal(token, binding = 'bearer', claims = undefined) {
+  const payload = claims ?? decodeJwt(token).payload;
   return {
     principal: {
       issuer: payload.iss,
@@ -239,7 +245,7 @@ function checkEvent(server, req, ev) {
   const authenticated = presented !== undefined && !req.path.startsWith(METADATA_PREFIX)
     && !TOKEN_REASONS.has(ev.reason) && req.status !== 401;
   if (authenticated) {
-    const want = expectedPrincipal(presented, req.bearer !== undefined ? 'bearer' : 'dpop');
+    const want = expectedPrincipal(presented, req.bearer !== undefined ? 'bearer' : 'dpop', req.expect.claims);
     assert.deepEqual(
       { ...ev.principal, scopes: [...(ev.principal?.scopes ?? [])].sort() },
       want.principal,

@@ -277,18 +277,29 @@ export function notesServerBin() {
   return bin;
 }
 
-export async function startAuthorizationServer(alg) {
+/**
+ * Starts as.mjs (access tokens signed with `alg`). `admin: true` (AS_ADMIN=1) adds the key
+ * rotation admin server: `adminUrl` in the result (`POST ${adminUrl}/rotate`, see as.mjs).
+ */
+export async function startAuthorizationServer(alg, { admin = false } = {}) {
   const { child, match, log } = await spawnUntil(
     `as(${alg})`,
     process.execPath,
     [path.join(HERE, 'as.mjs'), '0'],
     {
       ready: /^issuer (http:\/\/127\.0\.0\.1:\d+)$/,
-      env: { AS_ACCESS_TOKEN_ALG: alg, AS_EXIT_ON_STDIN_EOF: '1' },
+      env: { AS_ACCESS_TOKEN_ALG: alg, AS_EXIT_ON_STDIN_EOF: '1', ...(admin ? { AS_ADMIN: '1' } : {}) },
       stdin: 'pipe',
     },
   );
-  return { child, log, issuer: match[1] };
+  const out = { child, log, issuer: match[1] };
+  if (admin) {
+    // as.mjs prints the admin line before the issuer line.
+    const adminUrl = /^admin (http:\/\/127\.0\.0\.1:\d+)$/m.exec(log.text.replace(/\r/g, ''))?.[1];
+    assert.ok(adminUrl, `as.mjs printed its admin URL:\n${log.text}`);
+    out.adminUrl = adminUrl;
+  }
+  return out;
 }
 
 /** Grace period between SIGTERM and SIGKILL for notes_server (it flushes its audit log). */
@@ -305,11 +316,13 @@ export const NOTES_SERVER_STOP_GRACE_MS = 10_000;
  *   config   (resource, issuer) => TOML text: written to a temporary file and passed as
  *            `--config FILE` instead of `--issuer`/`--jwks-uri` (the file must then name
  *            the issuer itself); the file is removed when this process exits.
+ *   jwksUri  false: `--issuer` alone, the JWKS URL is discovered from the issuer's metadata
+ *            (default true: `--jwks-uri ISSUER/jwks`).
  *
  * `dpop` in the result is the `--dpop` mode given in `args` ('off' without one); the audit
  * checks then expect a DPoP challenge beside the Bearer one.
  */
-export async function startNotesServer(issuer, { args: extraArgs = [], config } = {}) {
+export async function startNotesServer(issuer, { args: extraArgs = [], config, jwksUri = true } = {}) {
   const bin = notesServerBin();
   let lastErr;
   // The free port is picked, released and then handed to the server: retry if
@@ -318,9 +331,10 @@ export async function startNotesServer(issuer, { args: extraArgs = [], config } 
     const port = await freePort();
     const resource = `http://127.0.0.1:${port}/mcp`;
     try {
-      const trust = config === undefined
-        ? ['--issuer', issuer, '--jwks-uri', `${issuer}/jwks`]
-        : ['--config', writeTempConfig(config(resource, issuer))];
+      let trust;
+      if (config !== undefined) trust = ['--config', writeTempConfig(config(resource, issuer))];
+      else if (jwksUri) trust = ['--issuer', issuer, '--jwks-uri', `${issuer}/jwks`];
+      else trust = ['--issuer', issuer];
       const auditLog = path.join(tempDir(), 'audit.jsonl');
       const { child, match, log } = await spawnUntil('notes_server', bin, [
         '--listen', `127.0.0.1:${port}`,
