@@ -15,6 +15,11 @@ pub fn normalize_htu(value: &str) -> Option<String> {
     {
         return None;
     }
+    // A `%` not followed by two hex digits is not a percent-encoding; refuse rather than guess
+    // (decoding around it would make normalization depend on how often it is applied).
+    if !valid_percent_encodings(url.path()) {
+        return None;
+    }
     let host = url.host_str()?;
     let mut out = String::with_capacity(value.len());
     out.push_str(url.scheme());
@@ -51,6 +56,15 @@ fn normalize_percent(path: &str, out: &mut String) {
         out.push(bytes[i] as char);
         i += 1;
     }
+}
+
+fn valid_percent_encodings(path: &str) -> bool {
+    let bytes = path.as_bytes();
+    bytes.iter().enumerate().all(|(i, b)| {
+        *b != b'%'
+            || (bytes.get(i + 1).is_some_and(u8::is_ascii_hexdigit)
+                && bytes.get(i + 2).is_some_and(u8::is_ascii_hexdigit))
+    })
 }
 
 fn hex(b: u8) -> Option<u8> {
@@ -92,7 +106,16 @@ mod tests {
         ] {
             assert_ne!(n(other).as_deref(), Some(canonical.as_str()), "{other}");
         }
-        for refused in ["ftp://h/x", "https://u:p@h/x", "/mcp", "", "https://"] {
+        for refused in [
+            "ftp://h/x",
+            "https://u:p@h/x",
+            "/mcp",
+            "",
+            "https://",
+            "http:0/%6%63",
+            "https://h/%",
+            "https://h/%zz",
+        ] {
             assert_eq!(n(refused), None, "{refused}");
         }
     }

@@ -704,10 +704,9 @@ fn judge(data: &[u8], requests: &mut Requests, event: bool) -> Result<Verdict, B
         Err(_) if event => (String::from_utf8_lossy(data), false),
         Err(_) => return Err(fail(NOT_JSON)),
     };
-    // Unparseable event data may hide the awaited response; once all are answered, it may not.
-    let strict = !event || requests.unanswered > 0;
+    // Data this filter cannot parse may still parse for a lenient client (e.g. a lone surrogate
+    // escape, which JavaScript accepts) and hide a second listing: fail closed, always.
     match plan_document(&text, requests) {
-        Err(Failure::Syntax) if !strict => Ok(Verdict::Keep),
         Err(Failure::Syntax) => Err(fail(NOT_JSON)),
         Err(Failure::Shape(reason)) => Err(fail(reason)),
         Ok(plan) if plan.matched && !exact => {
@@ -1654,11 +1653,15 @@ mod tests {
         let bad =
             b"data: {\"id\":1,\"result\":{\"tools\":[{\"name\":\"\xff admin\"}]}}\n\n".to_vec();
         assert!(sse(&bad, list).await.is_err());
-        // Data that is not JSON while the listing is awaited: error; after it, passes.
+        // Data that is not JSON fails the stream, before or after the listing: a lenient client
+        // might still parse it (a lone surrogate escape) and find a second listing in it.
         assert!(sse(b"data: oops\n\n", list).await.is_err());
         let stream = format!("data: {TOOLS}\n\ndata: oops\n\n");
-        let expected = format!("data: {TOOLS_FILTERED}\n\ndata: oops\n\n");
-        assert_eq!(sse(stream.as_bytes(), list).await.unwrap(), expected);
+        assert!(sse(stream.as_bytes(), list).await.is_err());
+        let surrogate = format!(
+            "data: {TOOLS}\n\ndata: {{\"id\":1,\"result\":{{\"tools\":[{{\"name\":\"admin\"}}]}},\"\\ud800\":0}}\n\n"
+        );
+        assert!(sse(surrogate.as_bytes(), list).await.is_err());
     }
 
     /// A small deterministic generator (xorshift) for the chunking test.
