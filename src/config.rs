@@ -29,7 +29,7 @@ use url::Url;
 use crate::dpop::{DpopConfig, DpopConfigError};
 use crate::keys::{KeyError, SigningAlgorithm};
 use crate::policy::PolicyConfig;
-use crate::token::RequiredClaims;
+use crate::token::{CacheAdmission, RequiredClaims};
 
 /// Everything [`McpAuth`](crate::McpAuth) needs, in one serde-friendly struct.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -281,6 +281,9 @@ pub struct TokenRules {
     pub cache_max_entries: u64,
     /// Longest a verdict is cached, in seconds (default 300; never beyond the token's `exp`).
     pub cache_max_ttl_secs: u64,
+    /// When a verified JWT enters the cache: `second_sight` (default) or `first_sight`.
+    /// Introspection verdicts are always cached on first sight.
+    pub cache_admission: CacheAdmission,
 }
 
 impl Default for TokenRules {
@@ -293,6 +296,7 @@ impl Default for TokenRules {
             max_token_bytes: 8 * 1024,
             cache_max_entries: 100_000,
             cache_max_ttl_secs: 300,
+            cache_admission: CacheAdmission::SecondSight,
         }
     }
 }

@@ -64,11 +64,17 @@ pub struct Actor {
     pub client_id: Option<String>,
 }
 
-/// The verified caller. Cheap to clone (one `Arc`).
+/// The verified caller. Cheap to clone (reference counts, no copying).
 #[derive(Clone)]
-pub struct Principal(Arc<Inner>);
+pub struct Principal {
+    /// What the token says; shared with the verified-token cache.
+    verified: Arc<Inner>,
+    /// How this request presented the token (set by the token layer, per request).
+    binding: Binding,
+    /// The verified proof key's thumbprint, for bound tokens.
+    key_thumbprint: Option<Arc<str>>,
+}
 
-#[derive(Clone)]
 struct Inner {
     issuer: String,
     subject: String,
@@ -80,9 +86,7 @@ struct Inner {
     issued_at: Option<u64>,
     jti: Option<String>,
     token_thumbprint: String,
-    binding: Binding,
     confirmation: Option<Confirmation>,
-    key_thumbprint: Option<String>,
     claims: Box<serde_json::value::RawValue>,
 }
 
@@ -120,127 +124,129 @@ pub struct PrincipalParts {
 impl Principal {
     /// Builds a principal; verifiers call this once every check has passed.
     pub fn new(parts: PrincipalParts) -> Self {
-        Self(Arc::new(Inner {
-            issuer: parts.issuer,
-            subject: parts.subject,
-            client_id: parts.client_id,
-            audience: parts.audience,
-            scopes: parts.scopes,
-            delegation: parts.delegation,
-            expires_at: parts.expires_at,
-            issued_at: parts.issued_at,
-            jti: parts.jti,
-            token_thumbprint: parts.token_thumbprint,
+        Self {
+            verified: Arc::new(Inner {
+                issuer: parts.issuer,
+                subject: parts.subject,
+                client_id: parts.client_id,
+                audience: parts.audience,
+                scopes: parts.scopes,
+                delegation: parts.delegation,
+                expires_at: parts.expires_at,
+                issued_at: parts.issued_at,
+                jti: parts.jti,
+                token_thumbprint: parts.token_thumbprint,
+                confirmation: parts.confirmation,
+                claims: parts.claims,
+            }),
             binding: parts.binding,
-            confirmation: parts.confirmation,
             key_thumbprint: None,
-            claims: parts.claims,
-        }))
+        }
     }
 
-    /// The same principal, with the binding the token layer established.
-    pub(crate) fn bound(self, binding: Binding, key_thumbprint: Option<String>) -> Self {
-        let mut inner = Arc::try_unwrap(self.0).unwrap_or_else(|shared| (*shared).clone());
-        inner.binding = binding;
-        inner.key_thumbprint = key_thumbprint;
-        Self(Arc::new(inner))
+    /// The same principal, with the binding the token layer established. The claims stay
+    /// shared (a cached verdict is never copied).
+    pub(crate) fn bound(mut self, binding: Binding, key_thumbprint: Option<Arc<str>>) -> Self {
+        self.binding = binding;
+        self.key_thumbprint = key_thumbprint;
+        self
     }
 
     /// The token's confirmation (`cnf`), if it is sender-constrained.
     pub fn confirmation(&self) -> Option<&Confirmation> {
-        self.0.confirmation.as_ref()
+        self.verified.confirmation.as_ref()
     }
 
     /// The verified proof key's thumbprint (DPoP `jkt`, or the certificate's `x5t#S256`).
     pub fn key_thumbprint(&self) -> Option<&str> {
-        self.0.key_thumbprint.as_deref()
+        self.key_thumbprint.as_deref()
     }
 
     /// The issuer (`iss`).
     pub fn issuer(&self) -> &str {
-        &self.0.issuer
+        &self.verified.issuer
     }
 
     /// The subject (`sub`): the resource owner, or the client itself for client credentials.
     pub fn subject(&self) -> &str {
-        &self.0.subject
+        &self.verified.subject
     }
 
     /// The OAuth client the token was issued to (`client_id`).
     pub fn client_id(&self) -> Option<&str> {
-        self.0.client_id.as_deref()
+        self.verified.client_id.as_deref()
     }
 
     /// The audiences (`aud`); always includes this server's resource URI.
     pub fn audience(&self) -> &[String] {
-        &self.0.audience
+        &self.verified.audience
     }
 
     /// The granted scopes, from `scope` and `scp`.
     pub fn scopes(&self) -> &BTreeSet<String> {
-        &self.0.scopes
+        &self.verified.scopes
     }
 
     /// Whether `scope` was granted (exact, case-sensitive match).
     pub fn has_scope(&self, scope: &str) -> bool {
-        self.0.scopes.contains(scope)
+        self.verified.scopes.contains(scope)
     }
 
     /// The delegation chain from nested `act` claims, current (outermost) actor first.
     pub fn delegation_chain(&self) -> &[Actor] {
-        &self.0.delegation
+        &self.verified.delegation
     }
 
     /// The current actor (the outermost `act`), if the token records delegation.
     pub fn actor(&self) -> Option<&Actor> {
-        self.0.delegation.first()
+        self.verified.delegation.first()
     }
 
     /// Expiry (`exp`), seconds since the Unix epoch.
     pub fn expires_at_unix(&self) -> u64 {
-        self.0.expires_at
+        self.verified.expires_at
     }
 
     /// Expiry as a [`SystemTime`].
     pub fn expires_at(&self) -> SystemTime {
-        UNIX_EPOCH + Duration::from_secs(self.0.expires_at)
+        UNIX_EPOCH + Duration::from_secs(self.verified.expires_at)
     }
 
     /// Issue time (`iat`), seconds since the Unix epoch.
     pub fn issued_at_unix(&self) -> Option<u64> {
-        self.0.issued_at
+        self.verified.issued_at
     }
 
     /// The token identifier (`jti`).
     pub fn jti(&self) -> Option<&str> {
-        self.0.jti.as_deref()
+        self.verified.jti.as_deref()
     }
 
     /// base64url(SHA-256(access token)): correlates logs and audit events without the token. It
     /// equals the DPoP `ath` of proofs made for this token.
     pub fn token_thumbprint(&self) -> &str {
-        &self.0.token_thumbprint
+        &self.verified.token_thumbprint
     }
 
     /// How the token was presented.
     pub fn binding(&self) -> Binding {
-        self.0.binding
+        self.binding
     }
 
     /// The whole verified claim set as raw JSON.
     pub fn raw_claims(&self) -> &str {
-        self.0.claims.get()
+        self.verified.claims.get()
     }
 
     /// Deserializes the whole claim set into `T` (your own claims struct).
     pub fn claims<T: DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
-        serde_json::from_str(self.0.claims.get())
+        serde_json::from_str(self.verified.claims.get())
     }
 
     /// Deserializes one claim into `T`; `Ok(None)` when the claim is absent.
     pub fn claim<T: DeserializeOwned>(&self, name: &str) -> Result<Option<T>, serde_json::Error> {
         let map: std::collections::HashMap<&str, &serde_json::value::RawValue> =
-            serde_json::from_str(self.0.claims.get())?;
+            serde_json::from_str(self.verified.claims.get())?;
         map.get(name)
             .map(|raw| serde_json::from_str(raw.get()))
             .transpose()
@@ -251,15 +257,15 @@ impl fmt::Debug for Principal {
     // The claim set is left out: custom claims may be sensitive.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Principal")
-            .field("issuer", &self.0.issuer)
-            .field("subject", &self.0.subject)
-            .field("client_id", &self.0.client_id)
-            .field("scopes", &self.0.scopes)
-            .field("delegation", &self.0.delegation)
-            .field("expires_at", &self.0.expires_at)
-            .field("jti", &self.0.jti)
-            .field("token_thumbprint", &self.0.token_thumbprint)
-            .field("binding", &self.0.binding)
+            .field("issuer", &self.verified.issuer)
+            .field("subject", &self.verified.subject)
+            .field("client_id", &self.verified.client_id)
+            .field("scopes", &self.verified.scopes)
+            .field("delegation", &self.verified.delegation)
+            .field("expires_at", &self.verified.expires_at)
+            .field("jti", &self.verified.jti)
+            .field("token_thumbprint", &self.verified.token_thumbprint)
+            .field("binding", &self.binding)
             .finish_non_exhaustive()
     }
 }

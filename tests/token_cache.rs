@@ -10,7 +10,7 @@ use tower::{Layer, ServiceExt, service_fn};
 use tower_mcp_auth::dpop::{DpopConfig, DpopMode};
 use tower_mcp_auth::policy::{Decision, PolicyRequest};
 use tower_mcp_auth::testing::{DevDpopKey, DevIssuer};
-use tower_mcp_auth::token::InMemoryRevocationList;
+use tower_mcp_auth::token::{CacheAdmission, InMemoryRevocationList};
 use tower_mcp_auth::{AuthError, AuthErrorKind, McpAuth, McpAuthConfig};
 
 const RESOURCE: &str = "https://mcp.example.com/mcp";
@@ -48,18 +48,76 @@ async fn send(
     (response.status(), kind)
 }
 
+/// Sends `token` until its verdict is cached (admitted on second sight by default).
+async fn warm(auth: &McpAuth, scheme: &str, token: &str, proof: impl Fn() -> Option<String>) {
+    for _ in 0..2 {
+        assert_eq!(send(auth, scheme, token, proof()).await.0, 200);
+    }
+}
+
 #[tokio::test]
-async fn second_use_is_a_cache_hit() {
+async fn a_token_is_cached_on_its_second_sighting() {
     let dev = DevIssuer::new("https://as.example.com");
     let auth = builder(&dev).build().unwrap();
+    let token = dev.token(RESOURCE).sign();
+    let stats = || {
+        let s = auth.cache_stats().unwrap();
+        (s.misses, s.hits, s.entries)
+    };
+    assert_eq!(send(&auth, "Bearer", &token, None).await.0, 200);
+    assert_eq!(stats(), (1, 0, 0), "first sighting: verified, not cached");
+    assert_eq!(send(&auth, "Bearer", &token, None).await.0, 200);
+    assert_eq!(stats(), (2, 0, 1), "second sighting: verified and cached");
+    assert_eq!(send(&auth, "Bearer", &token, None).await.0, 200);
+    assert_eq!(stats(), (2, 1, 1), "third: a hit");
+    // An altered token is a different key: verified, and refused.
+    let altered = format!("{token}x");
+    assert_eq!(send(&auth, "Bearer", &altered, None).await.0, 401);
+}
+
+#[tokio::test]
+async fn first_sight_admission_caches_at_once() {
+    let dev = DevIssuer::new("https://as.example.com");
+    let mut config = McpAuthConfig::new(RESOURCE);
+    config.token.cache_admission = CacheAdmission::FirstSight;
+    let auth = builder(&dev)
+        .config(config)
+        .issuer(dev.issuer_config())
+        .build()
+        .unwrap();
     let token = dev.token(RESOURCE).sign();
     assert_eq!(send(&auth, "Bearer", &token, None).await.0, 200);
     assert_eq!(send(&auth, "Bearer", &token, None).await.0, 200);
     let stats = auth.cache_stats().unwrap();
     assert_eq!((stats.misses, stats.hits), (1, 1));
-    // An altered token is a different key: verified, and refused.
-    let altered = format!("{token}x");
-    assert_eq!(send(&auth, "Bearer", &altered, None).await.0, 401);
+}
+
+#[tokio::test]
+async fn one_shot_tokens_never_fill_the_cache() {
+    let dev = DevIssuer::new("https://as.example.com");
+    let auth = builder(&dev).build().unwrap();
+    let kept = dev.token(RESOURCE).sign();
+    warm(&auth, "Bearer", &kept, || None).await;
+    for _ in 0..300 {
+        let once = dev.token(RESOURCE).sign();
+        assert_eq!(send(&auth, "Bearer", &once, None).await.0, 200);
+    }
+    let stats = auth.cache_stats().unwrap();
+    assert_eq!(stats.entries, 1, "only the repeated token is cached");
+    assert_eq!(send(&auth, "Bearer", &kept, None).await.0, 200);
+    assert_eq!(auth.cache_stats().unwrap().hits, 1);
+}
+
+#[tokio::test]
+async fn refused_tokens_are_never_admitted() {
+    let dev = DevIssuer::new("https://as.example.com");
+    let auth = builder(&dev).build().unwrap();
+    let token = dev.token("https://other.example.com/mcp").sign();
+    for _ in 0..3 {
+        assert_eq!(send(&auth, "Bearer", &token, None).await.0, 401);
+    }
+    let stats = auth.cache_stats().unwrap();
+    assert_eq!((stats.misses, stats.hits), (3, 0));
 }
 
 #[tokio::test]
@@ -70,15 +128,21 @@ async fn revocation_applies_to_cached_verdicts() {
     let until = SystemTime::now() + Duration::from_secs(600);
 
     let by_jti = dev.token(RESOURCE).claim("jti", "jti-1").sign();
-    assert_eq!(send(&auth, "Bearer", &by_jti, None).await.0, 200);
+    warm(&auth, "Bearer", &by_jti, || None).await;
+    let hits = auth.cache_stats().unwrap().hits;
     list.revoke_jti("jti-1", until);
     assert_eq!(
         send(&auth, "Bearer", &by_jti, None).await,
         (StatusCode::UNAUTHORIZED, Some(AuthErrorKind::Revoked))
     );
+    assert_eq!(
+        auth.cache_stats().unwrap().hits,
+        hits + 1,
+        "refused on a cache hit"
+    );
 
     let by_subject = dev.token(RESOURCE).subject("mallory").sign();
-    assert_eq!(send(&auth, "Bearer", &by_subject, None).await.0, 200);
+    warm(&auth, "Bearer", &by_subject, || None).await;
     list.revoke_subject("https://as.example.com", "mallory", until);
     assert_eq!(
         send(&auth, "Bearer", &by_subject, None).await.1,
@@ -130,7 +194,7 @@ async fn cached_token_still_expires() {
         .token(RESOURCE)
         .expires_in(Duration::from_secs(1))
         .sign();
-    assert_eq!(send(&auth, "Bearer", &token, None).await.0, 200);
+    warm(&auth, "Bearer", &token, || None).await;
     tokio::time::sleep(Duration::from_millis(2100)).await;
     assert_eq!(
         send(&auth, "Bearer", &token, None).await,
@@ -148,7 +212,7 @@ async fn binding_is_checked_on_every_hit() {
     let key = DevDpopKey::new();
     let token = dev.token(RESOURCE).dpop_bound(key.jkt()).sign();
     let proof = || Some(key.proof("GET", RESOURCE, &token));
-    assert_eq!(send(&auth, "DPoP", &token, proof()).await.0, 200);
+    warm(&auth, "DPoP", &token, proof).await;
     assert_eq!(send(&auth, "DPoP", &token, proof()).await.0, 200);
     assert_eq!(auth.cache_stats().unwrap().hits, 1);
     // Cached, but presented as a bearer token: refused.

@@ -113,6 +113,11 @@ impl DpopEvidence {
         &self.jkt
     }
 
+    /// The thumbprint, shared (the principal of the request keeps it).
+    pub(crate) fn jkt_shared(&self) -> Arc<str> {
+        self.jkt.clone()
+    }
+
     /// Records the proof's use; a second use of the same (key, `jti`) is a replay.
     pub(crate) async fn record_use(&self) -> Result<(), AuthError> {
         let with_nonce = |e: AuthError| match &self.nonce {

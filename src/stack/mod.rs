@@ -24,8 +24,8 @@ use crate::keys::{
 use crate::metadata::{MetadataService, ProtectedResourceMetadata, metadata_url, well_known_paths};
 use crate::policy::{McpPolicyLayer, Policy, ToolScopes};
 use crate::token::{
-    CacheLimits, CacheStats, CachingVerifier, ClientAuth, IntrospectionVerifier, JwtVerifier,
-    RevocationList, RoutingVerifier, TokenLayer, TokenVerifier, TrustedIssuer,
+    CacheAdmission, CacheLimits, CacheStats, CachingVerifier, ClientAuth, IntrospectionVerifier,
+    JwtVerifier, RevocationList, RoutingVerifier, TokenLayer, TokenVerifier, TrustedIssuer,
 };
 
 /// The assembled authentication stack for one MCP endpoint.
@@ -386,11 +386,12 @@ impl McpAuthBuilder {
         let jwt: Arc<dyn TokenVerifier> = Arc::new(verifier.clone());
         // Every verdict goes through a cache (a zero-size one when caching is off), so the
         // revocation list is checked on every request.
-        let cached = |inner: Arc<dyn TokenVerifier>, max_ttl: u64| {
+        let cached = |inner: Arc<dyn TokenVerifier>, max_ttl: u64, admission: CacheAdmission| {
             let limits = CacheLimits {
                 max_entries: rules.cache_max_entries,
                 max_ttl: Duration::from_secs(max_ttl),
                 leeway: Duration::from_secs(rules.leeway_secs),
+                admission,
             };
             let mut cache = CachingVerifier::new(inner, limits);
             if let Some(list) = &self.revocation {
@@ -398,12 +399,12 @@ impl McpAuthBuilder {
             }
             Arc::new(cache)
         };
-        let cache = cached(jwt, rules.cache_max_ttl_secs);
+        let cache = cached(jwt, rules.cache_max_ttl_secs, rules.cache_admission);
         let opaque: Option<Arc<dyn TokenVerifier>> =
             match (self.introspection.take(), &config.introspection) {
                 (Some(verifier), config) => {
                     let ttl = config.as_ref().map_or(60, |c| c.cache_max_ttl_secs);
-                    Some(cached(verifier, ttl))
+                    Some(cached(verifier, ttl, CacheAdmission::FirstSight))
                 }
                 (None, Some(introspection)) => {
                     let verifier = self.introspection_verifier(
@@ -411,7 +412,11 @@ impl McpAuthBuilder {
                         &config.resource,
                         rules.leeway_secs,
                     )?;
-                    Some(cached(verifier, introspection.cache_max_ttl_secs))
+                    Some(cached(
+                        verifier,
+                        introspection.cache_max_ttl_secs,
+                        CacheAdmission::FirstSight,
+                    ))
                 }
                 (None, None) => None,
             };

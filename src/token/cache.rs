@@ -4,6 +4,10 @@
 //! cache keyed by SHA-256 of the token. Entries never outlive the token (`exp`), and every hit is
 //! re-checked: expiry (with the leeway), and the [`RevocationList`]. Sender binding (DPoP,
 //! mTLS) is checked by the token layer on every request, cached or not.
+//!
+//! By default a token is admitted on its second verification ([`CacheAdmission`]): a token
+//! used once never pays for an insert (and cannot push out tokens that are in use), which
+//! keeps the miss path as cheap as a plain signature check under a flood of one-shot tokens.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -126,8 +130,22 @@ pub struct CacheStats {
     pub misses: u64,
     /// Requests refused because the token was revoked.
     pub revoked: u64,
-    /// Entries now cached (approximate).
+    /// Entries now cached.
     pub entries: u64,
+}
+
+/// When a verified token enters the cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum CacheAdmission {
+    /// On its second verification (default for JWTs). A small lock-free table of recently
+    /// verified token hashes (the doorkeeper) remembers first sightings; one-shot tokens are
+    /// verified and never cached.
+    #[default]
+    SecondSight,
+    /// On its first verification (default for introspection, where a miss is a network call).
+    FirstSight,
 }
 
 /// Cache size limits.
@@ -140,16 +158,56 @@ pub struct CacheLimits {
     pub max_ttl: Duration,
     /// Clock-skew leeway re-applied to `exp` on every hit (match the verifier's).
     pub leeway: Duration,
+    /// When a token is admitted.
+    pub admission: CacheAdmission,
 }
 
 impl Default for CacheLimits {
-    /// 100 000 tokens, 5 minutes, 30 s leeway.
+    /// 100 000 tokens, 5 minutes, 30 s leeway, admitted on second sight.
     fn default() -> Self {
         Self {
             max_entries: 100_000,
             max_ttl: Duration::from_secs(300),
             leeway: Duration::from_secs(30),
+            admission: CacheAdmission::SecondSight,
         }
+    }
+}
+
+/// First sightings of verified tokens: one 64-bit fingerprint per slot, overwritten freely.
+///
+/// A token is "seen before" when its slot still holds its fingerprint. Collisions only make a
+/// token wait longer for admission (or, at 2^-63, admit one early); they never affect a verdict,
+/// since only tokens that verified are recorded.
+struct Doorkeeper {
+    slots: Box<[AtomicU64]>,
+    mask: usize,
+}
+
+impl Doorkeeper {
+    /// A table with a slot per cache entry (a power of two, 1 Ki to 1 Mi slots).
+    fn new(max_entries: u64) -> Self {
+        let slots = usize::try_from(max_entries)
+            .unwrap_or(usize::MAX)
+            .clamp(1 << 10, 1 << 20)
+            .next_power_of_two();
+        Self {
+            slots: (0..slots).map(|_| AtomicU64::new(0)).collect(),
+            mask: slots - 1,
+        }
+    }
+
+    /// Records a verification of the token hashed to `key`; whether it was recorded before.
+    fn seen_before(&self, key: &[u8; 32]) -> bool {
+        let word = |i: usize| {
+            let mut bytes = [0; 8];
+            bytes.copy_from_slice(&key[i..i + 8]);
+            u64::from_le_bytes(bytes)
+        };
+        // The index and the fingerprint come from independent bits of SHA-256; never 0.
+        let slot = &self.slots[word(0) as usize & self.mask];
+        let fingerprint = word(8) | 1;
+        slot.swap(fingerprint, Ordering::Relaxed) == fingerprint
     }
 }
 
@@ -164,6 +222,7 @@ struct Entry {
 pub struct CachingVerifier {
     inner: Arc<dyn TokenVerifier>,
     cache: moka::sync::Cache<[u8; 32], Entry>,
+    doorkeeper: Option<Doorkeeper>,
     revocation: Option<Arc<dyn RevocationList>>,
     limits: CacheLimits,
     hits: AtomicU64,
@@ -200,6 +259,8 @@ impl CachingVerifier {
                 .max_capacity(limits.max_entries)
                 .expire_after(EntryExpiry)
                 .build(),
+            doorkeeper: (limits.admission == CacheAdmission::SecondSight && limits.max_entries > 0)
+                .then(|| Doorkeeper::new(limits.max_entries)),
             revocation: None,
             limits,
             hits: AtomicU64::new(0),
@@ -214,8 +275,9 @@ impl CachingVerifier {
         self
     }
 
-    /// The counters.
+    /// The counters (settles the cache's pending bookkeeping first, so `entries` is current).
     pub fn stats(&self) -> CacheStats {
+        self.cache.run_pending_tasks();
         CacheStats {
             hits: self.hits.load(Ordering::Relaxed),
             misses: self.misses.load(Ordering::Relaxed),
@@ -257,6 +319,15 @@ impl TokenVerifier for CachingVerifier {
         }
         self.misses.fetch_add(1, Ordering::Relaxed);
         let principal = self.inner.verify(token).await?;
+        if self.limits.max_entries == 0
+            || self
+                .doorkeeper
+                .as_ref()
+                .is_some_and(|door| !door.seen_before(&key))
+        {
+            tracing::trace!(target: "tower_mcp_auth::cache", token = principal.token_thumbprint(), "verified, not cached (first sighting)");
+            return self.check(principal);
+        }
         tracing::trace!(target: "tower_mcp_auth::cache", token = principal.token_thumbprint(), "verified and cached");
         let remaining = principal
             .expires_at_unix()

@@ -22,7 +22,10 @@ use async_trait::async_trait;
 
 pub use crate::jose::thumbprint;
 pub use body::ResponseBody;
-pub use cache::{CacheLimits, CacheStats, CachingVerifier, InMemoryRevocationList, RevocationList};
+pub use cache::{
+    CacheAdmission, CacheLimits, CacheStats, CachingVerifier, InMemoryRevocationList,
+    RevocationList,
+};
 pub use future::ResponseFuture;
 pub use introspection::{AssertionSigner, ClientAuth, IntrospectionVerifier, RoutingVerifier};
 pub use jwt::{JwtVerifier, RequiredClaims, TrustedIssuer};

@@ -122,7 +122,7 @@ fn bind(
     dpop: Option<&DpopEvidence>,
     certificate: Option<&str>,
     dpop_required: bool,
-) -> Result<(Binding, Option<String>), AuthError> {
+) -> Result<(Binding, Option<Arc<str>>), AuthError> {
     let cnf = principal.confirmation();
     let jkt = cnf.and_then(|c| c.jkt.as_deref());
     let x5t = cnf.and_then(|c| c.x5t_s256.as_deref());
@@ -133,7 +133,7 @@ fn bind(
     }
     match (jkt, dpop) {
         (Some(jkt), Some(evidence)) if evidence.jkt() == jkt => {
-            Ok((Binding::Dpop, Some(jkt.to_owned())))
+            Ok((Binding::Dpop, Some(evidence.jkt_shared())))
         }
         (Some(_), Some(_)) => Err(AuthErrorKind::DpopKeyMismatch.into()),
         // A DPoP-bound token presented as a bearer token (RFC 9449 §7.2).
@@ -142,7 +142,7 @@ fn bind(
         (None, Some(_)) => Err(AuthErrorKind::DpopKeyMismatch.into()),
         (None, None) if dpop_required => Err(AuthErrorKind::DpopRequired.into()),
         (None, None) => match x5t {
-            Some(x5t) => Ok((Binding::Mtls, Some(x5t.to_owned()))),
+            Some(x5t) => Ok((Binding::Mtls, Some(Arc::from(x5t)))),
             None => Ok((Binding::Bearer, None)),
         },
     }
