@@ -18,12 +18,17 @@
 //!   --issuer URL         trusted issuer; without it an embedded development issuer signs
 //!                        tokens and ready-to-use tokens are printed
 //!   --jwks-uri URL       the issuer's JWK Set (default: discovered from the issuer's metadata)
-//!   --config FILE        a TOML McpAuthConfig (resource, issuers, token rules, [policy])
+//!   --config FILE        a TOML McpAuthConfig (resource, issuers, token rules, [policy]);
+//!                        its [[issuers]] are the trusted issuers, so --issuer and --jwks-uri
+//!                        are refused with it (exit 2) rather than silently ignored;
+//!                        --resource, --dpop, --dpop-nonces and the introspection flags
+//!                        override the file
 //!   --sessions           rmcp's stateful mode (Mcp-Session-Id, SSE responses), sessions
 //!                        bound to the principal that created them
 //!   --audit-log FILE     audit events as JSON lines (flushed every second and on shutdown)
 //!   --dpop MODE          off (default), allowed (Bearer or DPoP-bound) or required
-//!   --dpop-nonces        require server nonces in DPoP proofs
+//!   --dpop-nonces        require server nonces in DPoP proofs (needs DPoP on: --dpop
+//!                        allowed|required, or [dpop] mode in --config)
 //!   --introspection-endpoint URL  RFC 7662 introspection of opaque (non-JWT) tokens at URL,
 //!                        authenticated with client_secret_basic as
 //!   --client-id ID --client-secret S  (all three together); JWT-shaped tokens still go to
@@ -329,10 +334,13 @@ impl Args {
     }
 }
 
-const USAGE: &str = "usage: notes_server [--listen ADDR] [--resource URL] [--issuer URL \
-    --jwks-uri URL] [--config FILE] [--sessions] [--audit-log FILE] \
+const USAGE: &str = "usage: notes_server [--listen ADDR] [--resource URL] \
+    [--issuer URL [--jwks-uri URL] | --config FILE] [--sessions] [--audit-log FILE] \
     [--dpop off|allowed|required] [--dpop-nonces] \
-    [--introspection-endpoint URL --client-id ID --client-secret S]";
+    [--introspection-endpoint URL --client-id ID --client-secret S]\n\
+    --config FILE names the trusted issuers itself: --issuer and --jwks-uri cannot be \
+    combined with it; --resource, --dpop, --dpop-nonces and the introspection flags \
+    override the file.";
 
 fn parse_args() -> Result<Args, String> {
     let mut args = Args::default();
@@ -365,7 +373,33 @@ fn parse_args() -> Result<Args, String> {
             _ => return Err(format!("unknown argument {flag}\n{USAGE}")),
         }
     }
+    args.check_combinations()?;
     Ok(args)
+}
+
+impl Args {
+    /// Refuses flag combinations that would otherwise be ignored without a word.
+    fn check_combinations(&self) -> Result<(), String> {
+        if self.config.is_some() {
+            let ignored: Vec<&str> = [
+                ("--issuer", self.issuer.is_some()),
+                ("--jwks-uri", self.jwks_uri.is_some()),
+            ]
+            .into_iter()
+            .filter_map(|(flag, given)| given.then_some(flag))
+            .collect();
+            if !ignored.is_empty() {
+                return Err(format!(
+                    "{} cannot be combined with --config: the file's [[issuers]] are the \
+                     trusted issuers (set issuer and jwks_uri or discover there)",
+                    ignored.join(" and ")
+                ));
+            }
+        } else if self.dpop_nonces && self.dpop == DpopMode::Off {
+            return Err("--dpop-nonces needs --dpop allowed or --dpop required".into());
+        }
+        Ok(())
+    }
 }
 
 /// `Host` values rmcp's DNS-rebinding check should accept: the bound address,
@@ -405,7 +439,14 @@ fn build_auth(
         }
         if args.dpop != DpopMode::Off {
             config.dpop.mode = args.dpop;
-            config.dpop.nonces |= args.dpop_nonces;
+        }
+        if args.dpop_nonces {
+            if config.dpop.mode == DpopMode::Off {
+                return Err(
+                    "--dpop-nonces needs DPoP on: --dpop allowed|required or [dpop] mode".into(),
+                );
+            }
+            config.dpop.nonces = true;
         }
         if introspection.is_some() {
             config.introspection = introspection;

@@ -271,7 +271,8 @@ pub struct TokenRules {
     pub max_lifetime_secs: Option<u64>,
     /// Which RFC 9068 claims must be present.
     pub required_claims: RequiredClaims,
-    /// Accept tokens without `typ: at+jwt` (see [`JwtVerifier::accept_untyped_tokens`]).
+    /// Also accept tokens with no `typ` or the generic `typ` `JWT` (default false); any other
+    /// `typ` than `at+jwt` stays refused (see [`JwtVerifier::accept_untyped_tokens`]).
     ///
     /// [`JwtVerifier::accept_untyped_tokens`]: crate::token::JwtVerifier::accept_untyped_tokens
     pub accept_untyped_tokens: bool,
@@ -347,7 +348,10 @@ pub enum ConfigError {
         source: KeyError,
     },
     /// A configured key's algorithm is not in its issuer's allow-list.
-    #[error("issuer {issuer:?}: key {kid:?} uses {alg}, which is not in the issuer's algorithms")]
+    #[error(
+        "issuer {issuer:?}: {} uses {alg}, which is not in the issuer's algorithms",
+        describe_kid(.kid.as_deref())
+    )]
     AlgorithmNotAllowed {
         /// The issuer.
         issuer: String,
@@ -359,6 +363,16 @@ pub enum ConfigError {
     /// An issuer's algorithm list is empty, or names HMAC without a shared secret.
     #[error("issuer {issuer:?}: {reason}")]
     InvalidAlgorithms {
+        /// The issuer.
+        issuer: String,
+        /// What is wrong.
+        reason: &'static str,
+    },
+    /// An issuer's key sources conflict or are incomplete: `discover` together with keys,
+    /// `jwks_uri` together with static keys, a PEM key with neither or both of `pem` and
+    /// `pem_file`, or HMAC allowed for a key source holding no shared secret.
+    #[error("issuer {issuer:?}: {reason}")]
+    InvalidKeySource {
         /// The issuer.
         issuer: String,
         /// What is wrong.
@@ -377,6 +391,14 @@ pub enum ConfigError {
         "issuer {0:?} uses jwks_uri but no HTTP client is available: enable the `reqwest` feature or call McpAuthBuilder::http_client"
     )]
     NoHttpClient(String),
+}
+
+/// `key "k1"`, or `a key without kid`, for messages.
+fn describe_kid(kid: Option<&str>) -> String {
+    match kid {
+        Some(kid) => format!("key {kid:?}"),
+        None => "a key without kid".to_owned(),
+    }
 }
 
 /// Which URL rule to apply.

@@ -88,6 +88,15 @@ pub enum AuthErrorKind {
     BatchRefused,
     /// The `Mcp-Session-Id` belongs to another principal. 404.
     SessionNotOwned,
+    /// The `Mcp-Session-Id` is not bound to anyone (never minted here, ended, or expired).
+    /// 404, indistinguishable from [`SessionNotOwned`](Self::SessionNotOwned) for the client.
+    UnknownSession,
+    /// The session store is full; a new `initialize` is refused rather than forgetting a live
+    /// binding. 503 with `Retry-After`.
+    SessionStoreFull,
+    /// The HTTP method is not one the MCP endpoint accepts (`GET`, `POST`, `DELETE`). 405 with
+    /// `Allow`.
+    MethodNotAllowed,
     /// The audit queue is full and the overflow policy refuses requests. 503.
     AuditUnavailable,
     /// The `DPoP` scheme was used without a `DPoP` proof header. 400.
@@ -148,6 +157,9 @@ impl AuthErrorKind {
             Self::HeaderMismatch => "header_mismatch",
             Self::BatchRefused => "batch_refused",
             Self::SessionNotOwned => "session_not_owned",
+            Self::UnknownSession => "unknown_session",
+            Self::SessionStoreFull => "session_store_full",
+            Self::MethodNotAllowed => "method_not_allowed",
             Self::AuditUnavailable => "audit_unavailable",
             Self::MissingDpopProof => "missing_dpop_proof",
             Self::MultipleDpopProofs => "multiple_dpop_proofs",
@@ -168,15 +180,17 @@ impl AuthErrorKind {
             Some(ErrorCode::InsufficientScope) => StatusCode::FORBIDDEN,
             _ => match self {
                 Self::AccessDenied => StatusCode::FORBIDDEN,
-                Self::KeysUnavailable | Self::AuditUnavailable | Self::ReplayStoreFull => {
-                    StatusCode::SERVICE_UNAVAILABLE
-                }
+                Self::KeysUnavailable
+                | Self::AuditUnavailable
+                | Self::ReplayStoreFull
+                | Self::SessionStoreFull => StatusCode::SERVICE_UNAVAILABLE,
                 Self::MalformedMessage
                 | Self::UnsupportedContent
                 | Self::HeaderMismatch
                 | Self::BatchRefused => StatusCode::BAD_REQUEST,
                 Self::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-                Self::SessionNotOwned => StatusCode::NOT_FOUND,
+                Self::SessionNotOwned | Self::UnknownSession => StatusCode::NOT_FOUND,
+                Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
                 _ => StatusCode::UNAUTHORIZED,
             },
         }
@@ -196,6 +210,9 @@ impl AuthErrorKind {
             | Self::HeaderMismatch
             | Self::BatchRefused
             | Self::SessionNotOwned
+            | Self::UnknownSession
+            | Self::SessionStoreFull
+            | Self::MethodNotAllowed
             | Self::AuditUnavailable
             | Self::ReplayStoreFull => None,
             Self::InvalidDpopProof | Self::DpopReplay => Some(ErrorCode::InvalidDpopProof),
@@ -247,7 +264,10 @@ impl AuthErrorKind {
             Self::BodyTooLarge => "the request body is too large",
             Self::HeaderMismatch => "Mcp-Method or Mcp-Name disagrees with the body",
             Self::BatchRefused => "JSON-RPC batches are not accepted",
-            Self::SessionNotOwned => "session not found",
+            // The same text for both: a non-owner must not learn whether a session exists.
+            Self::SessionNotOwned | Self::UnknownSession => "session not found",
+            Self::SessionStoreFull => "the session limit is reached; retry shortly",
+            Self::MethodNotAllowed => "the HTTP method is not allowed on the MCP endpoint",
             Self::AuditUnavailable => "the audit log cannot accept more events right now",
             Self::MissingDpopProof => "the DPoP scheme needs exactly one DPoP proof header",
             Self::MultipleDpopProofs => "exactly one DPoP proof is allowed",
@@ -602,11 +622,65 @@ pub(crate) fn push_quoted(out: &mut String, value: &str) {
     out.push('"');
 }
 
-/// Lets users reshape a rejection (for example its body) after the crate has built it. The status
-/// and challenge are already set; changing them is possible but rarely wise.
+/// Lets users reshape a rejection (its body, `Content-Type`, extra headers) after the crate has
+/// built it.
+///
+/// The hook can change how a refusal looks, never what it means: after it runs, the layer puts
+/// back the status, every `WWW-Authenticate` challenge, `Cache-Control`, `Retry-After`,
+/// `DPoP-Nonce` and the [`AuthError`] in the extensions exactly as the crate computed them
+/// (removing any the hook added). So a hook cannot turn a refusal into a success, drop or
+/// rewrite the challenge clients act on, or hide the reason from the audit layer. The inner
+/// service is never called for a rejected request, whatever the hook does.
+///
+/// ```
+/// use tower_mcp_auth::{AuthError, McpAuth};
+///
+/// let builder = McpAuth::builder().shape_rejection(
+///     |error: &AuthError, response: &mut http::Response<http_body_util::Full<bytes::Bytes>>| {
+///         let body = format!(r#"{{"type":"about:blank","title":"{}"}}"#, error.kind());
+///         *response.body_mut() = http_body_util::Full::new(body.into());
+///         response.headers_mut().insert(
+///             http::header::CONTENT_TYPE,
+///             http::HeaderValue::from_static("application/problem+json"),
+///         );
+///     },
+/// );
+/// # let _ = builder;
+/// ```
 pub trait ShapeRejection: Send + Sync + 'static {
     /// Adjusts `response`, which was built from `error`.
     fn shape(&self, error: &AuthError, response: &mut Response<Full<Bytes>>);
+}
+
+/// The headers a [`ShapeRejection`] hook cannot change: what clients and caches act on.
+const PINNED_HEADERS: [http::HeaderName; 4] =
+    [WWW_AUTHENTICATE, CACHE_CONTROL, RETRY_AFTER, DPOP_NONCE];
+
+/// Runs `shape` on `response` (built from `error`), then restores the status, the pinned
+/// headers and the error extension as they were.
+pub(crate) fn apply_shape(
+    shape: &dyn ShapeRejection,
+    error: &AuthError,
+    response: &mut Response<Full<Bytes>>,
+) {
+    let status = response.status();
+    let pinned: Vec<(http::HeaderName, Vec<HeaderValue>)> = PINNED_HEADERS
+        .iter()
+        .map(|name| {
+            let values = response.headers().get_all(name).iter().cloned().collect();
+            (name.clone(), values)
+        })
+        .collect();
+    shape.shape(error, response);
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    for (name, values) in pinned {
+        headers.remove(&name);
+        for value in values {
+            headers.append(name.clone(), value);
+        }
+    }
+    response.extensions_mut().insert(error.clone());
 }
 
 impl<F> ShapeRejection for F
@@ -664,6 +738,88 @@ mod tests {
         let mut s = String::new();
         push_quoted(&mut s, "a\"b\\c\r\nd\u{e9}");
         assert_eq!(s, r#""a\"b\\c  d ""#);
+    }
+
+    /// The kinds whose wire text is checked below (extend it with new kinds).
+    fn all_kinds() -> Vec<AuthErrorKind> {
+        use AuthErrorKind::*;
+        vec![
+            MissingCredentials,
+            MultipleCredentials,
+            MalformedAuthorization,
+            TokenInQuery,
+            FormEncodedBody,
+            DpopNotEnabled,
+            MalformedToken,
+            TokenTooLarge,
+            WrongTokenType,
+            AlgorithmNotAllowed,
+            UnsupportedCriticalHeader,
+            UnknownKey,
+            InvalidSignature,
+            UntrustedIssuer,
+            WrongAudience,
+            Expired,
+            NotYetValid,
+            IssuedInFuture,
+            LifetimeTooLong,
+            MissingClaim,
+            InvalidClaim,
+            MissingProofOfPossession,
+            Revoked,
+            InsufficientScope,
+            AccessDenied,
+            KeysUnavailable,
+            NoPrincipal,
+            MalformedMessage,
+            UnsupportedContent,
+            BodyTooLarge,
+            HeaderMismatch,
+            BatchRefused,
+            SessionNotOwned,
+            AuditUnavailable,
+            MissingDpopProof,
+            MultipleDpopProofs,
+            InvalidDpopProof,
+            DpopReplay,
+            UseDpopNonce,
+            DpopKeyMismatch,
+            DpopRequired,
+            ReplayStoreFull,
+            CertificateMismatch,
+        ]
+    }
+
+    /// RFC 6750 §3: `error_description` is `1*( %x20-21 / %x23-5B / %x5D-7E )`, so it never needs
+    /// escaping; the `error` codes and audit codes are unique snake_case.
+    #[test]
+    fn descriptions_and_codes_use_the_rfc6750_charsets() {
+        let nqschar = |b: u8| {
+            b == 0x20 || b == 0x21 || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b)
+        };
+        let mut codes = std::collections::HashSet::new();
+        for kind in all_kinds() {
+            let description = kind.description();
+            assert!(!description.is_empty(), "{kind}");
+            assert!(description.bytes().all(nqschar), "{kind}: {description:?}");
+            assert!(
+                kind.as_str()
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b == b'_'),
+                "{kind}"
+            );
+            assert!(codes.insert(kind.as_str()), "duplicate code {kind}");
+            if let Some(code) = kind.error_code() {
+                assert!(code.as_str().bytes().all(nqschar));
+            }
+            // The rendered description (with a detail) is never escaped.
+            let header = AuthError::new(kind)
+                .with_detail("jti")
+                .www_authenticate(&challenge());
+            if let Some(header) = header {
+                assert!(!header.contains('\\'), "{kind}: {header}");
+            }
+        }
     }
 
     #[test]

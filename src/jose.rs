@@ -129,3 +129,27 @@ pub(crate) fn numeric_date<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64
 pub fn thumbprint(token: &str) -> String {
     URL_SAFE_NO_PAD.encode(Sha256::digest(token.as_bytes()))
 }
+
+/// Whether `expected` is [`thumbprint`]`(value)`, without allocating.
+pub(crate) fn is_thumbprint_of(expected: &str, value: &str) -> bool {
+    let mut encoded = [0u8; 43];
+    URL_SAFE_NO_PAD
+        .encode_slice(Sha256::digest(value.as_bytes()), &mut encoded)
+        .is_ok_and(|n| &encoded[..n] == expected.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{is_thumbprint_of, thumbprint};
+
+    #[test]
+    fn thumbprint_comparison_matches_the_encoding() {
+        for value in ["", "a", "eyJ.eyJ.sig", &"x".repeat(5000)] {
+            let t = thumbprint(value);
+            assert!(is_thumbprint_of(&t, value));
+            assert!(!is_thumbprint_of(&t[..42], value));
+            assert!(!is_thumbprint_of(&format!("{t}A"), value));
+            assert!(!is_thumbprint_of(&thumbprint("other"), value));
+        }
+    }
+}

@@ -9,6 +9,8 @@
 //!   token or proof text is reflected.
 //! - Modes (`Required`, `Off`), server nonces, 50 concurrent replays, a full replay store.
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
@@ -1534,10 +1536,81 @@ fn rows(k: &Keys) -> Vec<Row<'_>> {
     t.0
 }
 
+/// [`allowed_auth`], audited into a capture.
+fn audited_allowed_auth(dev: &DevIssuer, mode: DpopMode) -> (McpAuth, common::AuditCapture) {
+    let (emitter, capture) = common::AuditCapture::new();
+    let auth = McpAuth::builder()
+        .resource(RESOURCE)
+        .issuer(dev.issuer_config())
+        .policy(ToolScopes::new().tool("whoami", Vec::<String>::new()))
+        .dpop(DpopConfig::with_mode(mode))
+        .audit(emitter)
+        .build()
+        .unwrap();
+    (auth, capture)
+}
+
+/// The row's one audit event: schema-valid, free of the row's token and proofs, agreeing with
+/// the expectation (a refusal: `deny`, its status and reason kind, no principal; an acceptance:
+/// `allow`, the binding and key thumbprint).
+async fn audit_problems(
+    capture: &mut common::AuditCapture,
+    expect: &Expect,
+    secrets: &[String],
+) -> Vec<String> {
+    use tower_mcp_auth::audit::{DecisionKind, Outcome};
+    let event = match capture.one(secrets).await {
+        Ok(event) => event,
+        Err(problems) => return problems,
+    };
+    let mut problems = Vec::new();
+    let mut fail = |m: String| problems.push(format!("audit: {m}"));
+    if event.outcome != Outcome::Completed {
+        fail(format!("outcome {:?}", event.outcome));
+    }
+    match expect {
+        Expect::Refused(r) => {
+            if event.decision != DecisionKind::Deny {
+                fail(format!("decision {:?}, expected deny", event.decision));
+            }
+            if event.reason.as_deref() != Some(r.kind.as_str()) {
+                fail(format!(
+                    "reason {:?} != {:?}",
+                    event.reason,
+                    r.kind.as_str()
+                ));
+            }
+            if event.http.status != r.status {
+                fail(format!("status {} != {}", event.http.status, r.status));
+            }
+            if event.principal.is_some() || event.token.is_some() {
+                fail("a refused proof left a principal or token facts".into());
+            }
+        }
+        Expect::Accepted(jkt) => {
+            if event.decision != DecisionKind::Allow || event.reason.is_some() {
+                fail(format!(
+                    "{:?} {:?}, expected allow",
+                    event.decision, event.reason
+                ));
+            }
+            if event.http.status != 200 {
+                fail(format!("status {}", event.http.status));
+            }
+            let binding = if jkt.is_some() { "dpop" } else { "bearer" };
+            match &event.token {
+                Some(t) if t.binding == binding && t.key_thumbprint == *jkt => {}
+                other => fail(format!("token facts {other:?}, expected {binding} {jkt:?}")),
+            }
+        }
+    }
+    problems
+}
+
 #[tokio::test]
 async fn hostile_proofs_table() {
     let keys = Keys::new();
-    let auth = allowed_auth(&keys.dev, DpopMode::Allowed);
+    let (auth, mut audit) = audited_allowed_auth(&keys.dev, DpopMode::Allowed);
     let rows = rows(&keys);
     let total = rows.len();
     let accepted_rows = rows
@@ -1570,6 +1643,8 @@ async fn hostile_proofs_table() {
             Expect::Accepted(jkt) => problems.extend(acceptance_problems(&out, jkt.as_deref())),
             Expect::Refused(r) => problems.extend(refusal_problems(&out, r, true)),
         }
+        // Exactly one audit event per row.
+        problems.extend(audit_problems(&mut audit, &row.expect, &sent.secrets).await);
         failures.extend(problems.into_iter().map(|p| format!("[{}] {p}", row.name)));
     }
     assert!(
@@ -1578,7 +1653,10 @@ async fn hostile_proofs_table() {
         failures.len(),
         failures.join("\n")
     );
-    eprintln!("hostile_proofs_table: {total} rows ({accepted_rows} accepted) passed");
+    audit.handle.shutdown().await.unwrap();
+    eprintln!(
+        "hostile_proofs_table: {total} rows ({accepted_rows} accepted) passed, each audited once"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -1828,3 +1828,238 @@ async fn other_well_known_paths_go_through_auth() {
     assert_eq!(out.status, 200);
     assert_eq!(out.seen.calls, 1);
 }
+
+// ---------------------------------------------------------------------------------------------
+// The untyped-token opt-in (`accept_untyped_tokens`, TOML `[token] accept_untyped_tokens`)
+// ---------------------------------------------------------------------------------------------
+
+/// Rows for one stack; `opt_in` says whether it accepts untyped tokens. The opt-in admits only a
+/// missing `typ` or the generic `JWT` / `application/jwt`: any other `typ` is still refused, and
+/// every other check still applies.
+fn untyped_rows(dev: &DevIssuer, opt_in: bool) -> Vec<Row> {
+    let mut t = Table(Vec::new());
+    let valid = || dev.token(RESOURCE).scope("notes:read");
+    let generic = |accepted: bool| {
+        if accepted {
+            Accepted
+        } else {
+            invalid_token(K::WrongTokenType)
+        }
+    };
+    t.bearer("typ at+jwt", valid().sign(), Accepted);
+    t.bearer(
+        "typ application/at+jwt",
+        valid().header("typ", "application/at+jwt").sign(),
+        Accepted,
+    );
+    t.bearer(
+        "no typ",
+        valid().without_header("typ").sign(),
+        generic(opt_in),
+    );
+    for typ in ["JWT", "jwt", "application/jwt", "APPLICATION/JWT"] {
+        t.bearer(
+            format!("typ {typ}"),
+            valid().header("typ", typ).sign(),
+            generic(opt_in),
+        );
+    }
+    for typ in [
+        "id+jwt",
+        "dpop+jwt",
+        "logout+jwt",
+        "secevent+jwt",
+        "application/id+jwt",
+        "JWS",
+        "",
+        "at+jwt ",
+        "at+jwt,JWT",
+    ] {
+        t.bearer(
+            format!("typ {typ:?} (refused with or without the opt-in)"),
+            valid().header("typ", typ).sign(),
+            invalid_token(K::WrongTokenType),
+        );
+    }
+    t.bearer(
+        "typ as a number",
+        valid().header("typ", 1).sign(),
+        invalid_token(K::MalformedToken),
+    );
+    // `null` is a member of the wrong type, not an absent one: never "untyped".
+    t.bearer(
+        "typ null",
+        valid().header("typ", Value::Null).sign(),
+        invalid_token(K::MalformedToken),
+    );
+    // Without `typ`, the rest of the token decides: the opt-in widens nothing else.
+    let untyped = |expect: Expect| if opt_in { expect } else { generic(false) };
+    t.bearer(
+        "no typ, expired",
+        valid()
+            .without_header("typ")
+            .claim("iat", now() - 1000)
+            .claim("exp", now() - 600)
+            .sign(),
+        untyped(invalid_token(K::Expired)),
+    );
+    t.bearer(
+        "no typ, another audience",
+        valid()
+            .without_header("typ")
+            .claim("aud", "https://other.example.com/mcp")
+            .sign(),
+        untyped(invalid_token(K::WrongAudience)),
+    );
+    t.bearer(
+        "an ID token (typ JWT, aud = the client id, no client_id)",
+        valid()
+            .header("typ", "JWT")
+            .claim("aud", "dev-client")
+            .without_claim("client_id")
+            .claim("nonce", "n-0S6_WzA2Mj")
+            .sign(),
+        untyped(invalid_token(K::WrongAudience)),
+    );
+    t.bearer(
+        "no typ, missing jti",
+        valid().without_header("typ").without_claim("jti").sign(),
+        untyped(invalid_token(K::MissingClaim)),
+    );
+    t.bearer(
+        "no typ, alg none",
+        format!(
+            "{}.{}.",
+            b64(json!({"alg": "none"}).to_string()),
+            b64(Value::Object(claims(dev)).to_string())
+        ),
+        invalid_token(if opt_in {
+            K::AlgorithmNotAllowed
+        } else {
+            K::WrongTokenType
+        }),
+    );
+    t.0
+}
+
+#[tokio::test]
+async fn untyped_tokens_only_with_the_opt_in_and_only_untyped() {
+    let dev = DevIssuer::new(ISSUER);
+    let toml_auth = |opt_in: Option<bool>| {
+        let token = match opt_in {
+            Some(value) => format!("[token]\naccept_untyped_tokens = {value}\n"),
+            None => String::new(),
+        };
+        let text = format!(
+            "resource = \"{RESOURCE}\"\nscopes_supported = [\"notes:read\"]\n\
+             [[issuers]]\nissuer = \"{ISSUER}\"\njwks = '{}'\nalgorithms = [\"ES256\"]\n{token}",
+            dev.jwks_json()
+        );
+        McpAuth::from_config(tower_mcp_auth::McpAuthConfig::from_toml_str(&text).unwrap()).unwrap()
+    };
+    let builder = |opt_in: bool| {
+        McpAuth::builder()
+            .resource(RESOURCE)
+            .issuer(dev.issuer_config())
+            .scopes_supported(["notes:read"])
+            .accept_untyped_tokens(opt_in)
+            .build()
+            .unwrap()
+    };
+    let stacks = [
+        ("default (builder)", auth_for(&dev), false),
+        ("default (TOML, no [token])", toml_auth(None), false),
+        ("builder, opt-in off", builder(false), false),
+        ("TOML, opt-in off", toml_auth(Some(false)), false),
+        ("builder, opt-in on", builder(true), true),
+        ("TOML, opt-in on", toml_auth(Some(true)), true),
+    ];
+    let mut failures = Vec::new();
+    let mut total = 0;
+    for (stack, auth, opt_in) in stacks {
+        for row in untyped_rows(&dev, opt_in) {
+            total += 1;
+            let name = row.name.clone();
+            failures.extend(
+                check(&auth, row)
+                    .await
+                    .into_iter()
+                    .map(|p| format!("[{stack}: {name}] {p}")),
+            );
+        }
+    }
+    assert!(total >= 100, "only {total} rows");
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// No `kid` with several keys: never a guess
+// ---------------------------------------------------------------------------------------------
+
+/// With two ES256 keys, a token without `kid` is refused (which key would verify it is not for
+/// the token to decide, and trying each is an oracle); with a `kid`, each key verifies its own
+/// tokens and only its own.
+#[tokio::test]
+async fn no_kid_with_several_keys_is_refused() {
+    let dev = DevIssuer::new(ISSUER);
+    let second = DevIssuer::new(ISSUER);
+    let jwks = json!({"keys": [dev.public_jwk(), second.public_jwk()]}).to_string();
+    let auth = McpAuth::builder()
+        .resource(RESOURCE)
+        .issuer(
+            IssuerConfig::new(ISSUER)
+                .jwks(jwks)
+                .algorithms([SigningAlgorithm::ES256]),
+        )
+        .scopes_supported(["notes:read"])
+        .build()
+        .unwrap();
+    let mut t = Table(Vec::new());
+    for (who, issuer) in [("first", &dev), ("second", &second)] {
+        let valid = || issuer.token(RESOURCE).scope("notes:read");
+        t.bearer(
+            format!("control: {who} key, its kid"),
+            valid().sign(),
+            Accepted,
+        );
+        t.bearer(
+            format!("no kid, two ES256 keys ({who} key signed)"),
+            valid().without_header("kid").sign(),
+            invalid_token(K::UnknownKey),
+        );
+        t.bearer(
+            format!("empty kid, two ES256 keys ({who} key signed)"),
+            valid().header("kid", "").sign(),
+            invalid_token(K::UnknownKey),
+        );
+        t.bearer(
+            format!("kid null, two ES256 keys ({who} key signed)"),
+            valid().header("kid", Value::Null).sign(),
+            invalid_token(K::MalformedToken),
+        );
+    }
+    t.bearer(
+        "second key's signature under the first key's kid",
+        second.token(RESOURCE).header("kid", dev.kid()).sign(),
+        invalid_token(K::InvalidSignature),
+    );
+    t.bearer(
+        "no kid, alg ES384 (no key for it)",
+        dev.token(RESOURCE)
+            .without_header("kid")
+            .header("alg", "ES384")
+            .sign(),
+        invalid_token(K::AlgorithmNotAllowed),
+    );
+    let mut failures = Vec::new();
+    for row in t.0 {
+        let name = row.name.clone();
+        failures.extend(
+            check(&auth, row)
+                .await
+                .into_iter()
+                .map(|p| format!("[{name}] {p}")),
+        );
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}

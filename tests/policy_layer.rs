@@ -1,7 +1,11 @@
 //! The policy layer in process: composition invariants, the tool-result denial style,
-//! combinators and the TOML scope map.
+//! combinators, the TOML scope map, the README's "Writing a policy" example, fail-closed
+//! session binding, HTTP methods, batch and listing settings, resource URI dot segments and
+//! the protocol version policies see.
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
@@ -9,8 +13,8 @@ use http_body_util::{BodyExt, Full};
 use tower::{Layer, ServiceExt, service_fn};
 use tower_mcp_auth::error::ChallengeConfig;
 use tower_mcp_auth::policy::{
-    Decision, DenialStyle, McpPolicyLayer, Policy, PolicyConfig, PolicyRequest, ToolScopes, all,
-    any, not,
+    BatchMode, Decision, DenialStyle, InMemorySessionStore, McpPolicyLayer, Policy, PolicyConfig,
+    PolicyRequest, SessionStore, ToolScopes, all, any, not,
 };
 use tower_mcp_auth::testing::DevIssuer;
 use tower_mcp_auth::{AuthError, AuthErrorKind, McpAuth, McpAuthConfig};
@@ -250,4 +254,1062 @@ unlisted_targets = "allow"
         matches!(err, tower_mcp_auth::ConfigError::InvalidScope(ref s) if s == "notes read"),
         "{err}"
     );
+}
+
+// ---------------------------------------------------------------------------
+// Shared helpers for the tables below.
+
+const METADATA: &str = "https://mcp.example.com/.well-known/oauth-protected-resource/mcp";
+
+/// The `WWW-Authenticate` of a denial no scope can cure.
+fn plain_challenge() -> String {
+    format!("Bearer resource_metadata=\"{METADATA}\"")
+}
+
+/// The `WWW-Authenticate` of a step-up.
+fn scope_challenge(scope: &str) -> String {
+    format!(
+        "Bearer error=\"insufficient_scope\", error_description=\"the token lacks a scope this operation requires\", scope=\"{scope}\", resource_metadata=\"{METADATA}\""
+    )
+}
+
+/// What the server behind the layer saw and answers: `initialize` mints `Mcp-Session-Id:
+/// sess-N`, `tools/list` lists four tools, anything else is a plain result.
+#[derive(Clone, Default)]
+struct Server {
+    seen: Arc<Mutex<Vec<(http::Method, Bytes)>>>,
+    minted: Arc<AtomicUsize>,
+}
+
+impl Server {
+    fn calls(&self) -> usize {
+        self.seen.lock().unwrap().len()
+    }
+
+    fn service(
+        &self,
+    ) -> impl tower::Service<
+        Request<Full<Bytes>>,
+        Response = Response<Full<Bytes>>,
+        Error = std::convert::Infallible,
+        Future = impl Send,
+    > + Clone
+    + Send
+    + 'static {
+        let server = self.clone();
+        service_fn(move |req: Request<Full<Bytes>>| {
+            let server = server.clone();
+            async move {
+                let method = req.method().clone();
+                let body = req.into_body().collect().await.unwrap().to_bytes();
+                server.seen.lock().unwrap().push((method, body.clone()));
+                let text = std::str::from_utf8(&body).unwrap_or_default();
+                let mut response = Response::builder().header("content-type", "application/json");
+                let answer = if text.contains(r#""method":"initialize""#) {
+                    let n = server.minted.fetch_add(1, Ordering::SeqCst) + 1;
+                    response = response.header("mcp-session-id", format!("sess-{n}"));
+                    r#"{"jsonrpc":"2.0","id":0,"result":{"protocolVersion":"2025-06-18"}}"#
+                } else if text.contains(r#""method":"tools/list""#) {
+                    r#"{"jsonrpc":"2.0","id":1,"result":{"tools":[{"name":"whoami"},{"name":"list_notes"},{"name":"add_note"},{"name":"delete_note"}]}}"#
+                } else {
+                    r#"{"jsonrpc":"2.0","id":1,"result":{}}"#
+                };
+                Ok::<_, std::convert::Infallible>(
+                    response
+                        .body(Full::new(Bytes::from_static(answer.as_bytes())))
+                        .unwrap(),
+                )
+            }
+        })
+    }
+}
+
+/// A request to the MCP endpoint.
+fn request(
+    method: &str,
+    token: &str,
+    session: Option<&str>,
+    body: Option<&str>,
+) -> Request<Full<Bytes>> {
+    let mut builder = Request::builder()
+        .method(method)
+        .uri("/mcp")
+        .header("authorization", format!("Bearer {token}"));
+    if body.is_some() {
+        builder = builder.header("content-type", "application/json");
+    }
+    if let Some(session) = session {
+        builder = builder.header("mcp-session-id", session);
+    }
+    let body = body.map_or(Bytes::new(), |b| Bytes::from(b.to_owned()));
+    builder.body(Full::new(body)).unwrap()
+}
+
+/// A refusal as the client sees it.
+#[derive(Debug, PartialEq)]
+struct Seen {
+    status: u16,
+    /// JSON-RPC `error.code` and `id`, when the body is a JSON-RPC error.
+    rpc: Option<(i64, serde_json::Value)>,
+    www_authenticate: Option<String>,
+}
+
+async fn seen(
+    response: Response<impl http_body::Body<Data = Bytes, Error = impl std::fmt::Debug>>,
+) -> (Seen, Response<()>, Bytes) {
+    let (parts, body) = response.into_parts();
+    let bytes = body.collect().await.unwrap().to_bytes();
+    let rpc = serde_json::from_slice::<serde_json::Value>(&bytes)
+        .ok()
+        .filter(|v| v.get("error").is_some())
+        .map(|v| (v["error"]["code"].as_i64().unwrap(), v["id"].clone()));
+    let www_authenticate = parts
+        .headers
+        .get("www-authenticate")
+        .map(|v| v.to_str().unwrap().to_owned());
+    let seen = Seen {
+        status: parts.status.as_u16(),
+        rpc,
+        www_authenticate,
+    };
+    (seen, Response::from_parts(parts, ()), bytes)
+}
+
+fn ok() -> Seen {
+    Seen {
+        status: 200,
+        rpc: None,
+        www_authenticate: None,
+    }
+}
+
+fn refused(status: u16, id: serde_json::Value, www_authenticate: Option<String>) -> Seen {
+    Seen {
+        status,
+        rpc: Some((-32600, id)),
+        www_authenticate,
+    }
+}
+
+fn tools_call(id: u64, tool: &str, arguments: &str) -> String {
+    format!(
+        r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/call","params":{{"name":"{tool}","arguments":{arguments}}}}}"#
+    )
+}
+
+const TOOLS_LIST: &str = r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#;
+const INITIALIZE: &str = r#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}"#;
+
+fn listed(body: &Bytes) -> Vec<String> {
+    let v: serde_json::Value = serde_json::from_slice(body).unwrap();
+    v["result"]["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+// ---------------------------------------------------------------------------
+// 1. The README's "Writing a policy" example, run as is.
+
+mod own_notes {
+    include!("../src/policy/own_notes_example.rs");
+}
+use own_notes::{NoteOwners, OwnNotesOnly};
+
+#[test]
+fn readme_shows_the_example_verbatim() {
+    let example = include_str!("../src/policy/own_notes_example.rs");
+    let readme = include_str!("../README.md");
+    assert!(
+        readme.contains(example),
+        "README \"Writing a policy\" must show src/policy/own_notes_example.rs verbatim"
+    );
+    let docs = include_str!("../src/policy/mod.rs");
+    assert!(docs.contains(r#"#![doc = include_str!("own_notes_example.rs")]"#));
+}
+
+#[tokio::test]
+async fn writing_a_policy_example_owner_deletes_others_do_not() {
+    let dev = DevIssuer::new("https://as.example.com");
+    let owners = NoteOwners::default();
+    owners.insert(1, dev.issuer(), "alice");
+    owners.insert(2, dev.issuer(), "bob");
+    // The scope map and the policy exactly as the README combines them.
+    let scopes = ToolScopes::new()
+        .tool("delete_note", ["notes:write"])
+        .tool("list_notes", ["notes:read"]);
+    let own = OwnNotesOnly {
+        owners: owners.clone(),
+    };
+    let auth = McpAuth::builder()
+        .resource(RESOURCE)
+        .issuer(dev.issuer_config())
+        .policy(all(vec![Arc::new(scopes), Arc::new(own)]))
+        .build()
+        .unwrap();
+    let other_issuer = DevIssuer::new("https://other-as.example.com");
+    let auth_two_issuers = McpAuth::builder()
+        .resource(RESOURCE)
+        .issuer(dev.issuer_config())
+        .issuer(other_issuer.issuer_config())
+        .policy(all(vec![
+            Arc::new(ToolScopes::new().tool("delete_note", ["notes:write"])),
+            Arc::new(OwnNotesOnly {
+                owners: owners.clone(),
+            }),
+        ]))
+        .build()
+        .unwrap();
+    let alice = dev
+        .token(RESOURCE)
+        .subject("alice")
+        .scope("notes:write")
+        .sign();
+    let bob = dev
+        .token(RESOURCE)
+        .subject("bob")
+        .scope("notes:write")
+        .sign();
+    let alice_read = dev
+        .token(RESOURCE)
+        .subject("alice")
+        .scope("notes:read")
+        .sign();
+    // Same subject, another issuer: not the owner.
+    let alice_elsewhere = other_issuer
+        .token(RESOURCE)
+        .subject("alice")
+        .scope("notes:write")
+        .sign();
+    let no_scope = |id| refused(403, serde_json::json!(id), Some(plain_challenge()));
+    let cases: Vec<(&str, &McpAuth, &str, String, Seen)> = vec![
+        (
+            "owner deletes",
+            &auth,
+            &alice,
+            tools_call(11, "delete_note", r#"{"id":1}"#),
+            ok(),
+        ),
+        (
+            "bob's own",
+            &auth,
+            &bob,
+            tools_call(12, "delete_note", r#"{"id":2}"#),
+            ok(),
+        ),
+        (
+            "another subject",
+            &auth,
+            &bob,
+            tools_call(13, "delete_note", r#"{"id":1}"#),
+            no_scope(13),
+        ),
+        (
+            "claims to be the owner in the arguments",
+            &auth,
+            &bob,
+            tools_call(14, "delete_note", r#"{"id":1,"owner":"bob"}"#),
+            no_scope(14),
+        ),
+        (
+            "no such note",
+            &auth,
+            &alice,
+            tools_call(15, "delete_note", r#"{"id":99}"#),
+            no_scope(15),
+        ),
+        (
+            "id as a string",
+            &auth,
+            &alice,
+            tools_call(16, "delete_note", r#"{"id":"1"}"#),
+            no_scope(16),
+        ),
+        (
+            "repeated id",
+            &auth,
+            &bob,
+            tools_call(17, "delete_note", r#"{"id":2,"id":1}"#),
+            no_scope(17),
+        ),
+        (
+            "a real call without arguments is not a listing check",
+            &auth,
+            &alice,
+            r#"{"jsonrpc":"2.0","id":18,"method":"tools/call","params":{"name":"delete_note"}}"#
+                .to_owned(),
+            no_scope(18),
+        ),
+        (
+            "owner without the scope: step-up",
+            &auth,
+            &alice_read,
+            tools_call(19, "delete_note", r#"{"id":1}"#),
+            refused(
+                403,
+                serde_json::json!(19),
+                Some(scope_challenge("notes:write")),
+            ),
+        ),
+        (
+            "same subject from another issuer",
+            &auth_two_issuers,
+            &alice_elsewhere,
+            tools_call(20, "delete_note", r#"{"id":1}"#),
+            no_scope(20),
+        ),
+    ];
+    for (name, auth, token, body, want) in cases {
+        let server = Server::default();
+        let response = auth
+            .layer()
+            .layer(server.service())
+            .oneshot(request("POST", token, None, Some(&body)))
+            .await
+            .unwrap();
+        let (got, _, _) = seen(response).await;
+        assert_eq!(got, want, "{name}");
+        assert_eq!(
+            server.calls(),
+            usize::from(want.status == 200),
+            "{name}: forwarded"
+        );
+    }
+    // tools/list still shows delete_note to a caller who owns nothing.
+    let carol = dev
+        .token(RESOURCE)
+        .subject("carol")
+        .scope("notes:write")
+        .sign();
+    let server = Server::default();
+    let response = auth
+        .layer()
+        .layer(server.service())
+        .oneshot(request("POST", &carol, None, Some(TOOLS_LIST)))
+        .await
+        .unwrap();
+    let (got, _, body) = seen(response).await;
+    assert_eq!(got, ok());
+    // whoami and add_note are not in this scope map (denied), list_notes needs notes:read.
+    assert_eq!(listed(&body), ["delete_note"]);
+}
+
+// ---------------------------------------------------------------------------
+// 2. Session binding fails closed.
+
+/// The stack with `store` for session bindings: token layer, then the policy layer.
+fn session_stack(
+    dev: &DevIssuer,
+    store: Arc<dyn SessionStore>,
+    server: &Server,
+) -> impl tower::Service<
+    Request<Full<Bytes>>,
+    Response = Response<impl http_body::Body<Data = Bytes, Error = impl std::fmt::Debug>>,
+    Error = std::convert::Infallible,
+> + Clone {
+    let auth = McpAuth::builder()
+        .resource(RESOURCE)
+        .issuer(dev.issuer_config())
+        .policy(ToolScopes::new().tool("whoami", Vec::<String>::new()))
+        .build()
+        .unwrap();
+    let policy = auth.policy_layer().session_store(Some(store));
+    auth.token_layer().layer(policy.layer(server.service()))
+}
+
+async fn send<S, B>(service: &S, req: Request<Full<Bytes>>) -> (Seen, Response<()>, Bytes)
+where
+    S: tower::Service<
+            Request<Full<Bytes>>,
+            Response = Response<B>,
+            Error = std::convert::Infallible,
+        > + Clone,
+    B: http_body::Body<Data = Bytes, Error: std::fmt::Debug>,
+{
+    seen(service.clone().oneshot(req).await.unwrap()).await
+}
+
+#[tokio::test]
+async fn session_binding_fails_closed() {
+    let dev = DevIssuer::new("https://as.example.com");
+    let server = Server::default();
+    let store = Arc::new(InMemorySessionStore::new(100, Duration::from_secs(3600)));
+    let svc = session_stack(&dev, store.clone(), &server);
+    let alice = dev.token(RESOURCE).subject("alice").sign();
+    let alice_again = dev
+        .token(RESOURCE)
+        .subject("alice")
+        .scope("notes:read")
+        .sign();
+    let bob = dev.token(RESOURCE).subject("bob").sign();
+    let alice_other_client = dev
+        .token(RESOURCE)
+        .subject("alice")
+        .client_id("other")
+        .sign();
+
+    // The initialize that mints a session carries none; its id is bound to the caller.
+    let (init, head, _) = send(&svc, request("POST", &alice, None, Some(INITIALIZE))).await;
+    assert_eq!(init, ok());
+    assert_eq!(head.headers()["mcp-session-id"], "sess-1");
+
+    let whoami = tools_call(5, "whoami", "{}");
+    let not_found = || refused(404, serde_json::Value::Null, None);
+    // (name, HTTP method, token, Mcp-Session-Id, body, expected)
+    type Case<'a> = (
+        &'a str,
+        &'a str,
+        &'a str,
+        Option<&'a str>,
+        Option<&'a str>,
+        Seen,
+    );
+    let cases: Vec<Case<'_>> = vec![
+        (
+            "owner POST",
+            "POST",
+            &alice,
+            Some("sess-1"),
+            Some(&whoami),
+            ok(),
+        ),
+        (
+            "owner with a new token",
+            "POST",
+            &alice_again,
+            Some("sess-1"),
+            Some(&whoami),
+            ok(),
+        ),
+        ("owner GET", "GET", &alice, Some("sess-1"), None, ok()),
+        (
+            "another subject",
+            "POST",
+            &bob,
+            Some("sess-1"),
+            Some(&whoami),
+            not_found(),
+        ),
+        (
+            "another client",
+            "POST",
+            &alice_other_client,
+            Some("sess-1"),
+            Some(&whoami),
+            not_found(),
+        ),
+        (
+            "another subject GET",
+            "GET",
+            &bob,
+            Some("sess-1"),
+            None,
+            not_found(),
+        ),
+        (
+            "another subject DELETE",
+            "DELETE",
+            &bob,
+            Some("sess-1"),
+            None,
+            not_found(),
+        ),
+        (
+            "unknown session id",
+            "POST",
+            &alice,
+            Some("sess-999"),
+            Some(&whoami),
+            not_found(),
+        ),
+        (
+            "unknown session id GET",
+            "GET",
+            &alice,
+            Some("made-up"),
+            None,
+            not_found(),
+        ),
+        (
+            "unknown session id DELETE",
+            "DELETE",
+            &alice,
+            Some("made-up"),
+            None,
+            not_found(),
+        ),
+        (
+            "unknown session id, notification",
+            "POST",
+            &alice,
+            Some("made-up"),
+            Some(r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#),
+            not_found(),
+        ),
+        // An initialize presenting an id the store does not know must not bind it.
+        (
+            "initialize with an unknown id",
+            "POST",
+            &bob,
+            Some("sess-7"),
+            Some(INITIALIZE),
+            not_found(),
+        ),
+        (
+            "no session id at all",
+            "POST",
+            &bob,
+            None,
+            Some(&whoami),
+            ok(),
+        ),
+    ];
+    for (name, method, token, session, body, want) in cases {
+        let before = server.calls();
+        let (got, _, _) = send(&svc, request(method, token, session, body)).await;
+        assert_eq!(got, want, "{name}");
+        let forwarded = server.calls() - before;
+        assert_eq!(
+            forwarded,
+            usize::from(want.status == 200),
+            "{name}: forwarded"
+        );
+    }
+    assert_eq!(
+        server.minted.load(Ordering::SeqCst),
+        1,
+        "no session minted for a refused initialize"
+    );
+
+    // DELETE by the owner ends the binding; the id is then unknown.
+    let (deleted, _, _) = send(&svc, request("DELETE", &alice, Some("sess-1"), None)).await;
+    assert_eq!(deleted, ok());
+    let (gone, _, _) = send(&svc, request("POST", &alice, Some("sess-1"), Some(&whoami))).await;
+    assert_eq!(gone, not_found());
+    assert!(store.is_empty());
+
+    // Both refusals look the same to the client, but audit tells them apart.
+    let response = svc
+        .clone()
+        .oneshot(request("POST", &alice, Some("never-minted"), Some(&whoami)))
+        .await
+        .unwrap();
+    assert_eq!(
+        response.extensions().get::<AuthError>().unwrap().kind(),
+        AuthErrorKind::UnknownSession
+    );
+}
+
+#[tokio::test]
+async fn expired_session_binding_is_refused() {
+    let dev = DevIssuer::new("https://as.example.com");
+    let server = Server::default();
+    let store = Arc::new(InMemorySessionStore::new(100, Duration::from_millis(100)));
+    let svc = session_stack(&dev, store, &server);
+    let alice = dev.token(RESOURCE).subject("alice").sign();
+    let whoami = tools_call(5, "whoami", "{}");
+    let (init, _, _) = send(&svc, request("POST", &alice, None, Some(INITIALIZE))).await;
+    assert_eq!(init, ok());
+    let (used, _, _) = send(&svc, request("POST", &alice, Some("sess-1"), Some(&whoami))).await;
+    assert_eq!(used, ok());
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    let before = server.calls();
+    let (expired, _, _) = send(&svc, request("POST", &alice, Some("sess-1"), Some(&whoami))).await;
+    assert_eq!(expired, refused(404, serde_json::Value::Null, None));
+    assert_eq!(server.calls(), before, "not forwarded");
+    // The client re-initializes (MCP: 404 → new session) and goes on.
+    let (again, head, _) = send(&svc, request("POST", &alice, None, Some(INITIALIZE))).await;
+    assert_eq!(again, ok());
+    assert_eq!(head.headers()["mcp-session-id"], "sess-2");
+}
+
+#[tokio::test]
+async fn full_session_store_refuses_initialize_and_keeps_bindings() {
+    let dev = DevIssuer::new("https://as.example.com");
+    let server = Server::default();
+    let store = Arc::new(InMemorySessionStore::new(1, Duration::from_secs(3600)));
+    let svc = session_stack(&dev, store, &server);
+    let alice = dev.token(RESOURCE).subject("alice").sign();
+    let bob = dev.token(RESOURCE).subject("bob").sign();
+    let whoami = tools_call(5, "whoami", "{}");
+
+    let (init, _, _) = send(&svc, request("POST", &alice, None, Some(INITIALIZE))).await;
+    assert_eq!(init, ok());
+    // Full: a new initialize gets 503 + Retry-After, before the server creates a session.
+    let (full, head, _) = send(&svc, request("POST", &bob, None, Some(INITIALIZE))).await;
+    assert_eq!(
+        full,
+        Seen {
+            status: 503,
+            rpc: Some((-32600, serde_json::json!(0))),
+            www_authenticate: None,
+        }
+    );
+    assert_eq!(head.headers()["retry-after"], "30");
+    assert_eq!(server.minted.load(Ordering::SeqCst), 1, "not forwarded");
+    // A batch holding an initialize is refused the same way.
+    let batch = format!("[{INITIALIZE}]");
+    let (full_batch, _, _) = send(&svc, request("POST", &bob, None, Some(&batch))).await;
+    assert_eq!(full_batch.status, 503);
+    // The live binding was not evicted: alice still works, bob still cannot use it.
+    let (mine, _, _) = send(&svc, request("POST", &alice, Some("sess-1"), Some(&whoami))).await;
+    assert_eq!(mine, ok());
+    let (theirs, _, _) = send(&svc, request("POST", &bob, Some("sess-1"), Some(&whoami))).await;
+    assert_eq!(theirs, refused(404, serde_json::Value::Null, None));
+    // Requests that open no session are unaffected.
+    let (plain, _, _) = send(&svc, request("POST", &bob, None, Some(&whoami))).await;
+    assert_eq!(plain, ok());
+    // Ending the session frees the slot.
+    let (deleted, _, _) = send(&svc, request("DELETE", &alice, Some("sess-1"), None)).await;
+    assert_eq!(deleted, ok());
+    let (init_bob, head, _) = send(&svc, request("POST", &bob, None, Some(INITIALIZE))).await;
+    assert_eq!(init_bob, ok());
+    assert_eq!(head.headers()["mcp-session-id"], "sess-2");
+}
+
+/// A store that always claims room but refuses every binding: the race for the last slot.
+#[derive(Debug)]
+struct RefusingStore;
+
+#[async_trait::async_trait]
+impl SessionStore for RefusingStore {
+    async fn bind(
+        &self,
+        _: tower_mcp_auth::policy::SessionKey,
+        _: tower_mcp_auth::policy::SessionOwner,
+    ) -> Result<(), tower_mcp_auth::policy::SessionStoreFull> {
+        Err(tower_mcp_auth::policy::SessionStoreFull)
+    }
+    async fn owner(
+        &self,
+        _: &tower_mcp_auth::policy::SessionKey,
+    ) -> Option<tower_mcp_auth::policy::SessionOwner> {
+        None
+    }
+    async fn remove(&self, _: &tower_mcp_auth::policy::SessionKey) {}
+}
+
+#[tokio::test]
+async fn a_session_that_cannot_be_bound_never_reaches_the_client() {
+    let dev = DevIssuer::new("https://as.example.com");
+    let server = Server::default();
+    let svc = session_stack(&dev, Arc::new(RefusingStore), &server);
+    let alice = dev.token(RESOURCE).subject("alice").sign();
+    let (got, head, _) = send(&svc, request("POST", &alice, None, Some(INITIALIZE))).await;
+    assert_eq!(got.status, 503);
+    assert_eq!(got.rpc, Some((-32600, serde_json::json!(0))));
+    assert!(head.headers().get("mcp-session-id").is_none());
+}
+
+// ---------------------------------------------------------------------------
+// 3. HTTP methods: only POST is classified; GET, DELETE and OPTIONS pass; the rest get 405.
+
+#[tokio::test]
+async fn http_methods() {
+    let dev = DevIssuer::new("https://as.example.com");
+    let server = Server::default();
+    let store = Arc::new(InMemorySessionStore::default());
+    let svc = session_stack(&dev, store, &server);
+    let token = dev.token(RESOURCE).sign();
+    let not_allowed = || refused(405, serde_json::Value::Null, None);
+    let whoami = tools_call(5, "whoami", "{}");
+    let cases: Vec<(&str, Option<&str>, Seen)> = vec![
+        ("POST", Some(&whoami), ok()),
+        ("GET", None, ok()),
+        ("DELETE", None, ok()),
+        ("OPTIONS", None, ok()),
+        // Would reach the server unclassified: refused whatever the body says.
+        ("PUT", Some(&whoami), not_allowed()),
+        ("PATCH", Some(&whoami), not_allowed()),
+        ("PUT", None, not_allowed()),
+        ("HEAD", None, not_allowed()),
+        ("TRACE", None, not_allowed()),
+        ("CONNECT", None, not_allowed()),
+        ("PROPFIND", Some(&whoami), not_allowed()),
+        ("post", Some(&whoami), not_allowed()),
+    ];
+    for (method, body, want) in cases {
+        let before = server.calls();
+        let mut req = request("POST", &token, None, body);
+        *req.method_mut() = http::Method::from_bytes(method.as_bytes()).unwrap();
+        let (got, head, _) = send(&svc, req).await;
+        assert_eq!(got, want, "{method}");
+        let forwarded = server.calls() - before;
+        assert_eq!(
+            forwarded,
+            usize::from(want.status == 200),
+            "{method}: forwarded"
+        );
+        if want.status == 405 {
+            assert_eq!(head.headers()["allow"], "GET, POST, DELETE", "{method}");
+            assert_eq!(
+                head.headers()["content-type"],
+                "application/json",
+                "{method}"
+            );
+        }
+    }
+    // Without a token, the token layer answers first (401), whatever the method.
+    let mut anonymous = Request::builder().method("PUT").uri("/mcp");
+    anonymous = anonymous.header("content-type", "application/json");
+    let (got, _, _) = send(&svc, anonymous.body(Full::new(Bytes::new())).unwrap()).await;
+    assert_eq!(got.status, 401);
+}
+
+// ---------------------------------------------------------------------------
+// 4. `batches = "refuse"` and `filter_listings = false`.
+
+fn configured(dev: &DevIssuer, config: PolicyConfig) -> McpAuth {
+    McpAuth::builder()
+        .resource(RESOURCE)
+        .issuer(dev.issuer_config())
+        .policy_config(config)
+        .build()
+        .unwrap()
+}
+
+fn notes_map() -> PolicyConfig {
+    let mut config = PolicyConfig::default();
+    for (tool, scope) in [
+        ("whoami", None),
+        ("list_notes", Some("notes:read")),
+        ("add_note", Some("notes:write")),
+        ("delete_note", Some("notes:admin")),
+    ] {
+        config
+            .tools
+            .insert(tool.into(), scope.into_iter().map(String::from).collect());
+    }
+    config
+        .implies
+        .insert("notes:admin".into(), vec!["notes:write".into()]);
+    config
+        .implies
+        .insert("notes:write".into(), vec!["notes:read".into()]);
+    config
+}
+
+#[tokio::test]
+async fn batches_refuse_setting() {
+    let dev = DevIssuer::new("https://as.example.com");
+    let mut config = notes_map();
+    config.batches = BatchMode::Refuse;
+    let refuse = configured(&dev, config);
+    let authorize = configured(&dev, notes_map());
+    let token = dev.token(RESOURCE).scope("notes:admin").sign();
+    let allowed_batch = format!("[{},{}]", tools_call(1, "whoami", "{}"), TOOLS_LIST);
+    let one_element = format!("[{}]", tools_call(1, "whoami", "{}"));
+    let bad_request = || refused(400, serde_json::Value::Null, None);
+    let cases: Vec<(&str, &McpAuth, String, Seen)> = vec![
+        (
+            "refuse: allowed batch",
+            &refuse,
+            allowed_batch.clone(),
+            bad_request(),
+        ),
+        (
+            "refuse: one-element batch",
+            &refuse,
+            one_element.clone(),
+            bad_request(),
+        ),
+        (
+            "refuse: batch of notifications",
+            &refuse,
+            r#"[{"jsonrpc":"2.0","method":"notifications/initialized"}]"#.into(),
+            bad_request(),
+        ),
+        (
+            "refuse: a single message still passes",
+            &refuse,
+            tools_call(1, "whoami", "{}"),
+            ok(),
+        ),
+        (
+            "authorize (default): allowed batch",
+            &authorize,
+            allowed_batch,
+            ok(),
+        ),
+        (
+            "authorize (default): one-element batch",
+            &authorize,
+            one_element,
+            ok(),
+        ),
+    ];
+    for (name, auth, body, want) in cases {
+        let server = Server::default();
+        let response = auth
+            .layer()
+            .layer(server.service())
+            .oneshot(request("POST", &token, None, Some(&body)))
+            .await
+            .unwrap();
+        let refused_kind = response
+            .extensions()
+            .get::<AuthError>()
+            .map(AuthError::kind);
+        let (got, _, _) = seen(response).await;
+        assert_eq!(got, want, "{name}");
+        assert_eq!(
+            server.calls(),
+            usize::from(want.status == 200),
+            "{name}: never forwarded"
+        );
+        if want.status == 400 {
+            assert_eq!(refused_kind, Some(AuthErrorKind::BatchRefused), "{name}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn filter_listings_setting() {
+    let dev = DevIssuer::new("https://as.example.com");
+    let mut config = notes_map();
+    config.filter_listings = false;
+    let unfiltered = configured(&dev, config);
+    let filtered = configured(&dev, notes_map());
+    let all_tools = ["whoami", "list_notes", "add_note", "delete_note"];
+    let cases: Vec<(&str, &McpAuth, &str, Vec<&str>)> = vec![
+        (
+            "filter on, notes:read",
+            &filtered,
+            "notes:read",
+            vec!["whoami", "list_notes"],
+        ),
+        ("filter on, no scope", &filtered, "", vec!["whoami"]),
+        (
+            "filter on, notes:admin",
+            &filtered,
+            "notes:admin",
+            all_tools.to_vec(),
+        ),
+        (
+            "filter off, notes:read",
+            &unfiltered,
+            "notes:read",
+            all_tools.to_vec(),
+        ),
+        ("filter off, no scope", &unfiltered, "", all_tools.to_vec()),
+    ];
+    for (name, auth, scope, want) in cases {
+        let token = dev.token(RESOURCE).scope(scope).sign();
+        let response = auth
+            .layer()
+            .layer(Server::default().service())
+            .oneshot(request("POST", &token, None, Some(TOOLS_LIST)))
+            .await
+            .unwrap();
+        let (got, _, body) = seen(response).await;
+        assert_eq!(got, ok(), "{name}");
+        assert_eq!(listed(&body), want, "{name}");
+    }
+    // With the filter off, calls are still authorized.
+    let token = dev.token(RESOURCE).scope("notes:read").sign();
+    let response = unfiltered
+        .layer()
+        .layer(Server::default().service())
+        .oneshot(request(
+            "POST",
+            &token,
+            None,
+            Some(&tools_call(3, "add_note", "{}")),
+        ))
+        .await
+        .unwrap();
+    let (got, _, _) = seen(response).await;
+    assert_eq!(
+        got,
+        refused(
+            403,
+            serde_json::json!(3),
+            Some(scope_challenge("notes:write"))
+        )
+    );
+}
+
+// ---------------------------------------------------------------------------
+// 6. Resource URIs are matched raw; dot segments and encoded dots are denied.
+
+#[tokio::test]
+async fn resource_uri_dot_segments_are_denied() {
+    let dev = DevIssuer::new("https://as.example.com");
+    let mut config = PolicyConfig::default();
+    config
+        .resources
+        .insert("notes://x/*".into(), vec!["notes:read".into()]);
+    config
+        .resources
+        .insert("notes://secret/*".into(), vec!["notes:admin".into()]);
+    let auth = configured(&dev, config);
+    let token = dev.token(RESOURCE).scope("notes:read").sign();
+    let denied = |id| refused(403, serde_json::json!(id), Some(plain_challenge()));
+    let cases: Vec<(&str, &str, Seen)> = vec![
+        ("resources/read", "notes://x/1", ok()),
+        ("resources/read", "notes://x/a.b..c", ok()),
+        (
+            "resources/read",
+            "notes://secret/1",
+            refused(
+                403,
+                serde_json::json!(1),
+                Some(scope_challenge("notes:admin")),
+            ),
+        ),
+        ("resources/read", "notes://x/../secret/1", denied(1)),
+        ("resources/read", "notes://x/./1", denied(1)),
+        ("resources/read", "notes://x/%2e%2e/secret/1", denied(1)),
+        ("resources/read", "notes://x/%2E%2E/secret/1", denied(1)),
+        ("resources/read", "notes://x/.%2E/secret/1", denied(1)),
+        ("resources/read", "notes://x/..%2fsecret/1", denied(1)),
+        ("resources/read", "notes://x/..\\\\secret/1", denied(1)),
+        ("resources/read", "notes://x/1/..", denied(1)),
+        ("resources/subscribe", "notes://x/../secret/1", denied(1)),
+        (
+            "resources/unsubscribe",
+            "notes://x/%2e%2e/secret/1",
+            denied(1),
+        ),
+        // The URI as JSON escapes it: still a dot segment once unescaped.
+        (
+            "resources/read",
+            "notes://x/\\u002e\\u002e/secret/1",
+            denied(1),
+        ),
+    ];
+    for (method, uri, want) in cases {
+        let body =
+            format!(r#"{{"jsonrpc":"2.0","id":1,"method":"{method}","params":{{"uri":"{uri}"}}}}"#);
+        let server = Server::default();
+        let response = auth
+            .layer()
+            .layer(server.service())
+            .oneshot(request("POST", &token, None, Some(&body)))
+            .await
+            .unwrap();
+        let (got, _, _) = seen(response).await;
+        assert_eq!(got, want, "{method} {uri}");
+        assert_eq!(
+            server.calls(),
+            usize::from(want.status == 200),
+            "{method} {uri}"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------
+// 7. The protocol version policies see.
+
+#[tokio::test]
+async fn policies_see_the_initialize_protocol_version() {
+    let dev = DevIssuer::new("https://as.example.com");
+    type Asked = Arc<Mutex<Vec<(String, Option<String>)>>>;
+    let versions: Asked = Arc::default();
+    let record = versions.clone();
+    let auth = McpAuth::builder()
+        .resource(RESOURCE)
+        .issuer(dev.issuer_config())
+        .policy(move |r: &PolicyRequest<'_>| {
+            record.lock().unwrap().push((
+                r.method().to_owned(),
+                r.protocol_version().map(str::to_owned),
+            ));
+            // Refuse initialize for a revision this server does not serve.
+            match (r.method(), r.protocol_version()) {
+                ("initialize", Some("2024-11-05")) => Decision::deny("revision too old"),
+                _ => Decision::Allow,
+            }
+        })
+        .build()
+        .unwrap();
+    let token = dev.token(RESOURCE).sign();
+    let init = |version: &str| {
+        format!(
+            r#"{{"jsonrpc":"2.0","id":0,"method":"initialize","params":{{"protocolVersion":"{version}","capabilities":{{}}}}}}"#
+        )
+    };
+    let with_header = |mut req: Request<Full<Bytes>>| {
+        req.headers_mut().insert(
+            "mcp-protocol-version",
+            http::HeaderValue::from_static("2025-11-25"),
+        );
+        req
+    };
+    // (name, request, status, (method, version) the policy saw first)
+    type Case<'a> = (
+        &'a str,
+        Request<Full<Bytes>>,
+        u16,
+        (&'a str, Option<&'a str>),
+    );
+    let cases: Vec<Case<'_>> = vec![
+        (
+            "initialize, body only",
+            request("POST", &token, None, Some(&init("2025-06-18"))),
+            200,
+            ("initialize", Some("2025-06-18")),
+        ),
+        (
+            "initialize, old revision",
+            request("POST", &token, None, Some(&init("2024-11-05"))),
+            403,
+            ("initialize", Some("2024-11-05")),
+        ),
+        (
+            "initialize, header wins",
+            with_header(request("POST", &token, None, Some(&init("2024-11-05")))),
+            200,
+            ("initialize", Some("2025-11-25")),
+        ),
+        (
+            "initialize without params",
+            request(
+                "POST",
+                &token,
+                None,
+                Some(r#"{"jsonrpc":"2.0","id":0,"method":"initialize"}"#),
+            ),
+            200,
+            ("initialize", None),
+        ),
+        (
+            "other methods: header only",
+            request("POST", &token, None, Some(TOOLS_LIST)),
+            200,
+            ("tools/list", None),
+        ),
+        (
+            "other methods with the header",
+            with_header(request("POST", &token, None, Some(TOOLS_LIST))),
+            200,
+            ("tools/list", Some("2025-11-25")),
+        ),
+    ];
+    for (name, req, status, want) in cases {
+        versions.lock().unwrap().clear();
+        let response = auth
+            .layer()
+            .layer(Server::default().service())
+            .oneshot(req)
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), status, "{name}");
+        let first = versions.lock().unwrap().first().cloned().unwrap();
+        assert_eq!((first.0.as_str(), first.1.as_deref()), want, "{name}");
+    }
+    // A repeated protocolVersion is ambiguous: 400, the policy is not asked.
+    versions.lock().unwrap().clear();
+    let twice = r#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2024-11-05","protocolVersion":"2025-06-18"}}"#;
+    let response = auth
+        .layer()
+        .layer(Server::default().service())
+        .oneshot(request("POST", &token, None, Some(twice)))
+        .await
+        .unwrap();
+    let (got, _, _) = seen(response).await;
+    assert_eq!(got, refused(400, serde_json::Value::Null, None));
+    assert!(versions.lock().unwrap().is_empty());
 }

@@ -26,11 +26,15 @@ struct Harness {
 }
 
 fn harness() -> Harness {
+    harness_with(ToolScopes::new().tool("safe", Vec::<String>::new()))
+}
+
+fn harness_with(policy: ToolScopes) -> Harness {
     let dev = DevIssuer::new("https://as.example.com");
     let auth = McpAuth::builder()
         .resource(RESOURCE)
         .issuer(dev.issuer_config())
-        .policy(ToolScopes::new().tool("safe", Vec::<String>::new()))
+        .policy(policy)
         .build()
         .unwrap();
     Harness {
@@ -157,6 +161,119 @@ proptest! {
 
 thread_local! {
     static HARNESS: Arc<Harness> = Arc::new(harness());
+    static URI_HARNESS: Arc<Harness> = Arc::new(uri_harness());
+}
+
+/// `notes://x/*` readable by anyone; nothing else mapped.
+fn uri_harness() -> Harness {
+    harness_with(ToolScopes::new().resource("notes://x/*", Vec::<String>::new()))
+}
+
+/// An independent, pessimistic reading of what a server might open for `uri`: everything after
+/// `notes://` as a path, percent-decoded until stable, `\` as `/`, dot segments removed
+/// (RFC 3986 §5.2.4).
+fn resolved_path(uri: &str) -> String {
+    let mut text = uri.strip_prefix("notes://").unwrap_or(uri).to_owned();
+    for _ in 0..8 {
+        let decoded = percent_decode(&text);
+        if decoded == text {
+            break;
+        }
+        text = decoded;
+    }
+    let mut out: Vec<&str> = Vec::new();
+    for segment in text.split(['/', '\\']) {
+        match segment {
+            "." => {}
+            ".." => {
+                out.pop();
+            }
+            s => out.push(s),
+        }
+    }
+    out.join("/")
+}
+
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], hex) {
+            (b'%', Some(byte)) => {
+                out.push(byte);
+                i += 3;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn resource_uri() -> impl Strategy<Value = String> {
+    let piece = prop_oneof![
+        Just("."),
+        Just(".."),
+        Just("%2e"),
+        Just("%2E"),
+        Just("%25"),
+        Just("2e"),
+        Just("%2f"),
+        Just("%2F"),
+        Just("%5c"),
+        Just("\\"),
+        Just("/"),
+        Just("a"),
+        Just("x"),
+        Just("secret"),
+    ];
+    prop::collection::vec(piece, 0..8).prop_map(|pieces| format!("notes://x/{}", pieces.concat()))
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(400))]
+
+    /// Whatever a resource URI hides in dots and escapes, an allowed read of `notes://x/*`
+    /// resolves under `x/`.
+    #[test]
+    fn allowed_resource_uris_resolve_under_their_pattern(uri in resource_uri()) {
+        let h = URI_HARNESS.with(|h| h.clone());
+        let body = serde_json::json!({
+            "jsonrpc": "2.0", "id": 1, "method": "resources/read", "params": { "uri": uri },
+        });
+        let (status, forwarded) = send(&h, body.to_string().into_bytes());
+        if forwarded.is_some() {
+            prop_assert_eq!(status, 200);
+            let path = resolved_path(&uri);
+            prop_assert!(path.starts_with("x/"), "{uri} allowed but resolves to {path}");
+        } else {
+            prop_assert_eq!(status, 403, "{}", uri);
+        }
+    }
+}
+
+#[test]
+fn plain_resource_uris_under_the_pattern_are_allowed() {
+    let h = uri_harness();
+    for uri in [
+        "notes://x/a",
+        "notes://x/a/b",
+        "notes://x/a.b",
+        "notes://x/%25",
+        "notes://x/2e",
+    ] {
+        let body = serde_json::json!({
+            "jsonrpc": "2.0", "id": 1, "method": "resources/read", "params": { "uri": uri },
+        });
+        assert_eq!(send(&h, body.to_string().into_bytes()).0, 200, "{uri}");
+    }
 }
 
 #[test]

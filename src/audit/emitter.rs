@@ -63,7 +63,8 @@ pub struct AuditOptions {
     pub retry_max: Duration,
     /// Retries of a failed batch before it is dropped (counted, logged). Default 10.
     pub max_retries: u32,
-    /// How often a warning reports dropped events, when there are new ones. Default 10 s.
+    /// How often a warning reports dropped events and rejected requests, when there are new
+    /// ones (also once on shutdown). Default 10 s.
     pub drop_report_interval: Duration,
 }
 
@@ -135,9 +136,13 @@ pub struct AuditStats {
     pub accepted: u64,
     /// Events the sink took.
     pub written: u64,
-    /// Events lost: refused by a full queue under [`Overflow::Drop`], or in a batch given up
-    /// after `max_retries`.
+    /// Events lost: refused by a full queue under [`Overflow::Drop`], in a batch given up after
+    /// `max_retries`, or of a request cancelled while it waited for room when no room came
+    /// (the emitter was shut down).
     pub dropped: u64,
+    /// Requests the audit layer answered 503 without an event, because no event could be
+    /// queued: a full queue under [`Overflow::Reject`], or an emitter already shut down.
+    pub rejected: u64,
     /// Failed sink writes and flushes.
     pub sink_errors: u64,
     /// Retried batch writes.
@@ -149,6 +154,7 @@ struct Counters {
     accepted: AtomicU64,
     written: AtomicU64,
     dropped: AtomicU64,
+    rejected: AtomicU64,
     sink_errors: AtomicU64,
     retries: AtomicU64,
 }
@@ -167,6 +173,7 @@ impl Shared {
             accepted: c.accepted.load(Ordering::Relaxed),
             written: c.written.load(Ordering::Relaxed),
             dropped: c.dropped.load(Ordering::Relaxed),
+            rejected: c.rejected.load(Ordering::Relaxed),
             sink_errors: c.sink_errors.load(Ordering::Relaxed),
             retries: c.retries.load(Ordering::Relaxed),
         }
@@ -243,6 +250,35 @@ impl AuditEmitter {
             (Err(_), Overflow::Wait) => None,
             (Err(_), Overflow::Reject) => Some(Err(Overflowed)),
             (Err(_), Overflow::Drop) => Some(Ok(self.permit(None))),
+        }
+    }
+
+    /// Counts a request answered 503 because no event could be queued ([`AuditStats::rejected`]).
+    pub(crate) fn count_rejected(&self) {
+        add(&self.inner.shared.counters.rejected, 1);
+    }
+
+    /// Queues `event` of a request that no longer holds a permit (it was cancelled while it
+    /// waited for room under [`Overflow::Wait`]). Never blocks: with room it is queued at once;
+    /// without, a task on the current Tokio runtime waits for room as the request would have.
+    /// It counts a drop when no room can come (the emitter is shut down) or no runtime is
+    /// current.
+    pub(crate) fn send_detached(&self, event: AuditEvent) {
+        match self.try_reserve_now() {
+            Some(Ok(permit)) => permit.send(event),
+            Some(Err(Overflowed)) => self.permit(None).send(event),
+            None => match tokio::runtime::Handle::try_current() {
+                Ok(runtime) => {
+                    let emitter = self.clone();
+                    runtime.spawn(async move {
+                        match emitter.reserve().await {
+                            Ok(permit) => permit.send(event),
+                            Err(Overflowed) => emitter.permit(None).send(event),
+                        }
+                    });
+                }
+                Err(_) => self.permit(None).send(event),
+            },
         }
     }
 
@@ -413,6 +449,7 @@ pub fn spawn(sink: Arc<dyn AuditSink>, options: AuditOptions) -> (AuditEmitter, 
         lost: 0,
         last_error: None,
         reported_drops: 0,
+        reported_rejections: 0,
         next_flush,
         next_report,
         timer: Box::pin(tokio::time::sleep_until(next_flush.min(next_report))),
@@ -490,6 +527,7 @@ struct Worker {
     lost: u64,
     last_error: Option<SinkError>,
     reported_drops: u64,
+    reported_rejections: u64,
     next_flush: Instant,
     next_report: Instant,
     timer: Pin<Box<Sleep>>,
@@ -563,12 +601,16 @@ impl Worker {
         }
         let batch = Arc::new(mem::take(&mut self.batch));
         let n = batch.len() as u64;
-        let counters = &self.shared.counters;
+        let shared = self.shared.clone();
+        let counters = &shared.counters;
         let mut attempt = 0u32;
         loop {
             let sink = self.sink.clone();
             let events = batch.clone();
-            match isolated(async move { sink.as_ref().write(&events).await }).await {
+            match self
+                .reporting(isolated(async move { sink.as_ref().write(&events).await }))
+                .await
+            {
                 Ok(()) => {
                     add(&counters.written, n);
                     self.dirty = true;
@@ -608,7 +650,7 @@ impl Worker {
                     }
                     attempt += 1;
                     add(&counters.retries, 1);
-                    tokio::time::sleep(delay).await;
+                    self.reporting(tokio::time::sleep(delay)).await;
                 }
             }
         }
@@ -621,7 +663,9 @@ impl Worker {
 
     async fn flush_sink(&mut self) -> Result<(), SinkError> {
         let sink = self.sink.clone();
-        let result = isolated(async move { sink.as_ref().flush().await }).await;
+        let result = self
+            .reporting(isolated(async move { sink.as_ref().flush().await }))
+            .await;
         match &result {
             Ok(()) => self.dirty = false,
             Err(_) => add(&self.shared.counters.sink_errors, 1),
@@ -696,6 +740,29 @@ impl Worker {
         self.timer.as_mut().reset(next);
     }
 
+    /// Awaits `call` (a sink call or a retry delay) while still reporting drops on schedule:
+    /// events are dropped when the sink is slow or stuck, which is when the report matters.
+    async fn reporting<T>(&mut self, call: impl Future<Output = T>) -> T {
+        let mut call = std::pin::pin!(call);
+        loop {
+            let mut tick = std::pin::pin!(tokio::time::sleep_until(self.next_report));
+            let done = poll_fn(|cx| {
+                if let Poll::Ready(out) = call.as_mut().poll(cx) {
+                    return Poll::Ready(Some(out));
+                }
+                tick.as_mut().poll(cx).map(|()| None)
+            })
+            .await;
+            match done {
+                Some(out) => return out,
+                None => {
+                    self.report_drops();
+                    self.next_report = after(Instant::now(), self.drop_report_interval);
+                }
+            }
+        }
+    }
+
     fn report_drops(&mut self) {
         let dropped = self.shared.counters.dropped.load(Ordering::Relaxed);
         if dropped > self.reported_drops {
@@ -706,6 +773,16 @@ impl Worker {
                 "audit events were dropped"
             );
             self.reported_drops = dropped;
+        }
+        let rejected = self.shared.counters.rejected.load(Ordering::Relaxed);
+        if rejected > self.reported_rejections {
+            tracing::warn!(
+                target: LOG_TARGET,
+                rejected = rejected - self.reported_rejections,
+                rejected_total = rejected,
+                "requests were refused with 503: the audit queue was full or shut down"
+            );
+            self.reported_rejections = rejected;
         }
     }
 }
@@ -1124,6 +1201,191 @@ mod tests {
             backoff(Duration::from_millis(50), Duration::from_secs(5), 40),
             Duration::from_secs(5)
         );
+    }
+
+    /// What `tracing` prints while it is the thread's default subscriber.
+    #[derive(Clone, Default)]
+    struct Logs(Arc<Mutex<Vec<u8>>>);
+
+    impl Logs {
+        fn text(&self) -> String {
+            String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+        }
+
+        /// The lines of the emitter's warnings, in order.
+        fn warnings(&self) -> Vec<String> {
+            self.text()
+                .lines()
+                .filter(|l| l.contains("WARN") && l.contains(LOG_TARGET))
+                .map(str::to_owned)
+                .collect()
+        }
+    }
+
+    impl std::io::Write for Logs {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Logs {
+        type Writer = Logs;
+
+        fn make_writer(&'a self) -> Self::Writer {
+            self.clone()
+        }
+    }
+
+    fn capture() -> (Logs, tracing::subscriber::DefaultGuard) {
+        let logs = Logs::default();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(logs.clone())
+            .with_ansi(false)
+            .with_max_level(tracing::Level::WARN)
+            .finish();
+        (logs, tracing::subscriber::set_default(subscriber))
+    }
+
+    /// Waits (virtual time keeps running on the current-thread runtime) until `f` holds.
+    async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+        for _ in 0..500 {
+            if f() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("timed out waiting for {what}");
+    }
+
+    // Current-thread runtime: the task and the sink calls run on this thread, under the
+    // subscriber set here.
+    #[tokio::test]
+    async fn drops_are_reported_in_a_periodic_warning_even_while_the_sink_is_stuck() {
+        let (logs, _default) = capture();
+        let sink = Arc::new(TestSink::default());
+        let stall = sink.gate.write().await;
+        let options = AuditOptions::default()
+            .capacity(1)
+            .max_batch(1)
+            .overflow(Overflow::Drop)
+            .drop_report_interval(Duration::from_millis(20));
+        let (emitter, handle) = spawn(sink.clone(), options);
+        // The first event is taken by the stuck sink, the second fills the queue, the rest are
+        // dropped.
+        for i in 0..6 {
+            let permit = emitter.reserve().await.unwrap();
+            permit.send(event(&i.to_string()));
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let dropped = emitter.stats().dropped;
+        assert!(dropped >= 4, "dropped {dropped}");
+        let first = format!("dropped={dropped} dropped_total={dropped}");
+        eventually("the first drop warning", || {
+            logs.warnings().iter().any(|l| l.contains(&first))
+        })
+        .await;
+        assert_eq!(sink.len(), 0, "the sink is still stuck");
+        let warnings = logs.warnings();
+        assert_eq!(
+            warnings.len(),
+            1,
+            "one warning for one batch of drops: {warnings:?}"
+        );
+        assert!(warnings[0].contains("audit events were dropped"));
+        // Two more drops: the next warning reports the two new ones and the total.
+        for i in 6..8 {
+            emitter.reserve().await.unwrap().send(event(&i.to_string()));
+        }
+        let second = format!("dropped=2 dropped_total={}", dropped + 2);
+        eventually("the second drop warning", || {
+            logs.warnings().iter().any(|l| l.contains(&second))
+        })
+        .await;
+        // Nothing new: no further warning.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(logs.warnings().len(), 2, "{:?}", logs.warnings());
+        drop(stall);
+        handle.shutdown().await.unwrap();
+        assert_eq!(sink.len() as u64 + dropped + 2, 8);
+    }
+
+    #[tokio::test]
+    async fn shutdown_reports_drops_not_yet_reported() {
+        let (logs, _default) = capture();
+        let sink = Arc::new(TestSink::default());
+        let options = AuditOptions::default()
+            .overflow(Overflow::Drop)
+            .drop_report_interval(Duration::from_secs(3600));
+        let (emitter, handle) = spawn(sink.clone(), options);
+        handle.flush().await.unwrap();
+        // Refused after shutdown begins: an empty permit.
+        let held = emitter.reserve().await.unwrap();
+        let shutdown = tokio::spawn(handle.shutdown());
+        eventually("shutdown to begin", || emitter.is_closed()).await;
+        emitter.reserve().await.unwrap().send(event("late"));
+        held.send(event("held"));
+        shutdown.await.unwrap().unwrap();
+        assert_eq!(sink.ids(), ["held"]);
+        assert_eq!(emitter.stats().dropped, 1);
+        let warnings = logs.warnings();
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(
+            warnings[0].contains("dropped=1 dropped_total=1"),
+            "{warnings:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn rejections_are_counted_and_reported() {
+        let (logs, _default) = capture();
+        let sink = Arc::new(TestSink::default());
+        let options = AuditOptions::default()
+            .capacity(1)
+            .overflow(Overflow::Reject)
+            .drop_report_interval(Duration::from_millis(20));
+        let (emitter, handle) = spawn(sink.clone(), options);
+        let held = emitter.reserve().await.unwrap();
+        for _ in 0..3 {
+            assert!(matches!(emitter.try_reserve_now(), Some(Err(Overflowed))));
+            emitter.count_rejected();
+        }
+        assert_eq!(emitter.stats().rejected, 3);
+        eventually("the rejection warning", || {
+            logs.warnings()
+                .iter()
+                .any(|l| l.contains("rejected=3 rejected_total=3"))
+        })
+        .await;
+        held.send(event("a"));
+        handle.shutdown().await.unwrap();
+        let stats = emitter.stats();
+        assert_eq!((stats.accepted, stats.dropped, stats.rejected), (1, 0, 3));
+    }
+
+    #[tokio::test]
+    async fn detached_events_wait_for_room_or_count_a_drop() {
+        let sink = Arc::new(TestSink::default());
+        let options = AuditOptions::default().capacity(1);
+        let (emitter, handle) = spawn(sink.clone(), options);
+        let held = emitter.reserve().await.unwrap();
+        // No room: a task waits for it, as the request would have.
+        emitter.send_detached(event("detached"));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(emitter.stats().accepted, 0);
+        held.send(event("held"));
+        handle.flush().await.unwrap();
+        eventually("the detached event", || sink.len() == 2).await;
+        assert_eq!(sink.ids(), ["held", "detached"]);
+        handle.shutdown().await.unwrap();
+        // Shut down: no room will come; counted as a drop.
+        emitter.send_detached(event("late"));
+        let stats = emitter.stats();
+        assert_eq!((stats.accepted, stats.written, stats.dropped), (2, 2, 1));
     }
 
     #[test]

@@ -18,7 +18,8 @@ pub const SCHEMA_VERSION: u32 = 1;
 pub struct AuditEvent {
     /// Always [`SCHEMA_VERSION`].
     pub schema: u32,
-    /// When the response head was known, RFC 3339 UTC with microseconds.
+    /// When the response head was known (for a cancelled request: when it was cancelled),
+    /// RFC 3339 UTC with microseconds.
     pub time: String,
     /// A unique id for this event (UUID v4).
     pub event_id: String,
@@ -26,9 +27,12 @@ pub struct AuditEvent {
     pub request_id: String,
     /// HTTP facts.
     pub http: HttpFacts,
-    /// `allow` or `deny`.
+    /// `allow` or `deny`. For a [cancelled](Outcome::Cancelled) request, what the layers had
+    /// decided when it was cancelled: `allow` once the token layer had accepted the credential
+    /// and no layer had refused the request, else `deny` with reason `cancelled`.
     pub decision: DecisionKind,
-    /// For denials: the stable reason code ([`AuthErrorKind::as_str`]).
+    /// For denials: the stable reason code ([`AuthErrorKind::as_str`]), or `cancelled` for a
+    /// request cancelled before any layer let it through.
     ///
     /// [`AuthErrorKind::as_str`]: crate::AuthErrorKind::as_str
     pub reason: Option<String>,
@@ -48,11 +52,42 @@ pub struct AuditEvent {
     pub resource: String,
     /// The peer address, when the server put a `SocketAddr` in the request extensions.
     pub remote_addr: Option<String>,
-    /// Microseconds from the request reaching the audit layer to the response head.
+    /// Microseconds from the request reaching the audit layer to the response head leaving it
+    /// (for a cancelled request: to the cancellation). It includes the time spent waiting for
+    /// a queue slot under [`Overflow::Wait`](crate::audit::Overflow::Wait), in the DPoP, token
+    /// and policy layers, and, for an allowed request, in the inner service until it produced
+    /// the response head; not the streaming of the response body.
     pub latency_us: u64,
     /// Redacted tool arguments, only when the opt-in redaction hook is configured.
     pub arguments: Option<Vec<serde_json::Value>>,
+    /// Whether a response head was produced (`completed`) or the request was dropped before
+    /// one (`cancelled`). Added in schema 1 after its first release: an event without it was
+    /// completed.
+    #[serde(default)]
+    pub outcome: Outcome,
 }
+
+/// How a request ended, as the audit layer saw it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Outcome {
+    /// A response head was produced, by a layer or by the service: `http.status` is its status.
+    #[default]
+    Completed,
+    /// The request's future was dropped before a response head: the client disconnected, a
+    /// timeout fired, the server shut down, or a layer below panicked. No response was sent
+    /// through the audit layer: `http.status` is [`CANCELLED_STATUS`] (500 when a panic
+    /// unwound through the audit layer).
+    Cancelled,
+}
+
+/// `http.status` of a [cancelled](Outcome::Cancelled) request: 499, "client closed request"
+/// (the nginx convention); no response with this status was sent.
+pub const CANCELLED_STATUS: u16 = 499;
+
+/// `reason` of a [cancelled](Outcome::Cancelled) request that no layer had let through.
+pub const CANCELLED_REASON: &str = "cancelled";
 
 /// HTTP facts of an event.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -70,9 +105,10 @@ pub struct HttpFacts {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum DecisionKind {
-    /// The request reached the MCP service.
+    /// The request reached the MCP service (for a cancelled request: no layer had refused it,
+    /// and the credential was accepted).
     Allow,
-    /// The request was refused by a layer.
+    /// The request was refused by a layer (or cancelled before any layer let it through).
     Deny,
 }
 

@@ -1,4 +1,5 @@
-//! [`AuditLayer`] and [`Audit`]: one event per request, emitted when the response head is known.
+//! [`AuditLayer`] and [`Audit`]: one event per request, emitted when the response head is known
+//! (or, for a request dropped before it, when it is dropped).
 
 use std::fmt;
 use std::future::Future;
@@ -15,8 +16,8 @@ use tower_service::Service;
 
 use super::emitter::{AuditEmitter, AuditPermit, Overflowed};
 use super::event::{
-    AuditEvent, AuditRecord, DecisionKind, HttpFacts, PrincipalFacts, RedactArguments,
-    SCHEMA_VERSION, TokenFacts,
+    AuditEvent, AuditRecord, CANCELLED_REASON, CANCELLED_STATUS, DecisionKind, HttpFacts, Outcome,
+    PrincipalFacts, RedactArguments, SCHEMA_VERSION, TokenFacts,
 };
 use crate::error::{AuthError, AuthErrorKind};
 
@@ -153,8 +154,7 @@ where
             return ResponseFuture {
                 state: State::Calling {
                     future: self.inner.call(req),
-                    permit: None,
-                    pending: None,
+                    guard: EventGuard::default(),
                 },
             };
         };
@@ -178,13 +178,19 @@ where
             Some(Ok(permit)) => ResponseFuture {
                 state: State::Calling {
                     future: self.inner.call(req),
-                    permit: Some(permit),
-                    pending: Some(pending),
+                    guard: EventGuard {
+                        permit: Some(permit),
+                        pending: Some(pending),
+                    },
                 },
             },
-            Some(Err(Overflowed)) => ResponseFuture {
-                state: State::Overflowed,
-            },
+            Some(Err(Overflowed)) => {
+                // Counted here, not when polled: a refused future dropped unpolled counts too.
+                emitter.count_rejected();
+                ResponseFuture {
+                    state: State::Overflowed,
+                }
+            }
             None => {
                 let emitter = emitter.clone();
                 let reserve: ReserveFuture = Box::pin(async move { emitter.reserve().await });
@@ -195,10 +201,62 @@ where
                         reserve,
                         request: Some(req),
                         service: Some(ready),
-                        pending: Some(pending),
+                        guard: EventGuard {
+                            permit: None,
+                            pending: Some(pending),
+                        },
                     },
                 }
             }
+        }
+    }
+}
+
+/// The one event of a request, until it is sent. Dropped while still holding the request's
+/// facts (the response future was dropped before the response head: the client went away, a
+/// timeout fired, a layer below panicked), it sends the event as
+/// [`Outcome::Cancelled`]: every request that reached the audit layer gets exactly one event.
+#[derive(Default)]
+struct EventGuard {
+    /// The reserved slot; `None` while waiting for one.
+    permit: Option<AuditPermit>,
+    /// The request's facts; `None` once the event is sent (or when auditing is off).
+    pending: Option<Pending>,
+}
+
+impl EventGuard {
+    /// Sends the event of a request whose response head is known.
+    fn complete(&mut self, status: StatusCode, error: Option<&AuthError>) {
+        if let (Some(permit), Some(pending)) = (self.permit.take(), self.pending.take()) {
+            permit.send(event(pending, status.as_u16(), Outcome::Completed, error));
+        }
+    }
+
+    /// Sends nothing: the request is refused without an event (counted as rejected).
+    fn disarm(&mut self) -> Option<Pending> {
+        self.permit = None;
+        self.pending.take()
+    }
+}
+
+impl Drop for EventGuard {
+    fn drop(&mut self) {
+        let Some(pending) = self.pending.take() else {
+            return;
+        };
+        // A panic unwinding through the audit layer usually ends as a 500 further out.
+        let status = if std::thread::panicking() {
+            StatusCode::INTERNAL_SERVER_ERROR.as_u16()
+        } else {
+            CANCELLED_STATUS
+        };
+        let emitter = pending.shared.emitter.clone();
+        let event = event(pending, status, Outcome::Cancelled, None);
+        match (self.permit.take(), emitter) {
+            (Some(permit), _) => permit.send(event),
+            // Cancelled while waiting for a slot (`Overflow::Wait`).
+            (None, Some(emitter)) => emitter.send_detached(event),
+            (None, None) => {}
         }
     }
 }
@@ -221,13 +279,14 @@ pin_project! {
             reserve: ReserveFuture,
             request: Option<Request<ReqBody>>,
             service: Option<S>,
-            pending: Option<Pending>,
+            guard: EventGuard,
         },
         Calling {
+            // Declared first, so dropped first: a cancelled event sees what the inner layers
+            // recorded, and is sent once they are gone.
             #[pin]
             future: F,
-            permit: Option<AuditPermit>,
-            pending: Option<Pending>,
+            guard: EventGuard,
         },
         Overflowed,
     }
@@ -248,7 +307,7 @@ where
                     reserve,
                     request,
                     service,
-                    pending,
+                    guard,
                 } => {
                     let reserved = ready!(reserve.as_mut().poll(cx));
                     let (Some(request), Some(mut service)) = (request.take(), service.take())
@@ -258,34 +317,34 @@ where
                     match reserved {
                         Ok(permit) => {
                             let future = service.call(request);
-                            let pending = pending.take();
-                            this.state.set(State::Calling {
-                                future,
-                                permit: Some(permit),
-                                pending,
-                            });
+                            let mut guard = std::mem::take(guard);
+                            guard.permit = Some(permit);
+                            this.state.set(State::Calling { future, guard });
                         }
-                        Err(Overflowed) => return Poll::Ready(Ok(overflow_response())),
+                        Err(Overflowed) => {
+                            // Shut down while waiting: refused, like `Reject` on a full queue.
+                            if let Some(emitter) =
+                                guard.disarm().and_then(|p| p.shared.emitter.clone())
+                            {
+                                emitter.count_rejected();
+                            }
+                            this.state.set(State::Overflowed);
+                            return Poll::Ready(Ok(overflow_response()));
+                        }
                     }
                 }
                 StateProj::Overflowed => return Poll::Ready(Ok(overflow_response())),
-                StateProj::Calling {
-                    future,
-                    permit,
-                    pending,
-                } => {
+                StateProj::Calling { future, guard } => {
                     let result = ready!(future.poll(cx));
-                    if let (Some(permit), Some(pending)) = (permit.take(), pending.take()) {
-                        let status = match &result {
-                            Ok(response) => response.status(),
-                            Err(_) => StatusCode::INTERNAL_SERVER_ERROR,
-                        };
-                        let error = result
-                            .as_ref()
-                            .ok()
-                            .and_then(|r| r.extensions().get::<AuthError>());
-                        permit.send(event(pending, status, error));
-                    }
+                    let status = match &result {
+                        Ok(response) => response.status(),
+                        Err(_) => StatusCode::INTERNAL_SERVER_ERROR,
+                    };
+                    let error = result
+                        .as_ref()
+                        .ok()
+                        .and_then(|r| r.extensions().get::<AuthError>());
+                    guard.complete(status, error);
                     return Poll::Ready(result);
                 }
             }
@@ -315,9 +374,19 @@ fn overflow_response<B: Default>() -> Response<B> {
     response
 }
 
-fn event(pending: Pending, status: StatusCode, error: Option<&AuthError>) -> AuditEvent {
+/// The event of `pending`. A completed request is denied iff a layer put an [`AuthError`] in
+/// the response; a cancelled one is allowed iff the token layer had accepted the credential and
+/// no layer had refused it yet.
+fn event(pending: Pending, status: u16, outcome: Outcome, error: Option<&AuthError>) -> AuditEvent {
     let data = pending.record.with(std::mem::take);
     let principal = data.principal.as_ref();
+    let (decision, reason) = match (outcome, error) {
+        (_, Some(error)) => (DecisionKind::Deny, Some(error.kind().as_str().to_owned())),
+        (Outcome::Cancelled, None) if data.principal.is_none() || data.reason_detail.is_some() => {
+            (DecisionKind::Deny, Some(CANCELLED_REASON.to_owned()))
+        }
+        _ => (DecisionKind::Allow, None),
+    };
     AuditEvent {
         schema: SCHEMA_VERSION,
         time: humantime::format_rfc3339_micros(SystemTime::now()).to_string(),
@@ -326,14 +395,10 @@ fn event(pending: Pending, status: StatusCode, error: Option<&AuthError>) -> Aud
         http: HttpFacts {
             method: pending.method,
             path: pending.path,
-            status: status.as_u16(),
+            status,
         },
-        decision: if error.is_some() {
-            DecisionKind::Deny
-        } else {
-            DecisionKind::Allow
-        },
-        reason: error.map(|e| e.kind().as_str().to_owned()),
+        decision,
+        reason,
         reason_detail: data.reason_detail,
         mcp: data.calls,
         session: data.session,
@@ -347,6 +412,7 @@ fn event(pending: Pending, status: StatusCode, error: Option<&AuthError>) -> Aud
         remote_addr: pending.remote_addr,
         latency_us: u64::try_from(pending.started.elapsed().as_micros()).unwrap_or(u64::MAX),
         arguments: (!data.arguments.is_empty()).then_some(data.arguments),
+        outcome,
     }
 }
 

@@ -156,6 +156,8 @@ struct DpopShared {
     htu: String,
     /// `scheme://authority` of `htu`, to rebuild the request's URL from its path.
     origin: String,
+    /// The path of `htu`, compared with the request path before any normalization.
+    path: String,
     algorithms: AlgorithmSet,
     max_age: u64,
     max_future: u64,
@@ -191,13 +193,14 @@ impl DpopLayer {
         if config.algorithms.is_empty() || config.algorithms.iter().any(|a| a.is_symmetric()) {
             return Err(DpopConfigError::InvalidAlgorithms);
         }
-        let origin = url::Url::parse(&normalized)
-            .map(|u| u.origin().ascii_serialization())
+        let (origin, path) = url::Url::parse(&normalized)
+            .map(|u| (u.origin().ascii_serialization(), u.path().to_owned()))
             .map_err(|_| DpopConfigError::InvalidHtu(htu.to_owned()))?;
         Ok(Self {
             shared: Some(Arc::new(DpopShared {
                 htu: normalized,
                 origin,
+                path,
                 algorithms: config.algorithms.iter().copied().collect(),
                 max_age: config.max_age_secs,
                 max_future: config.max_future_secs,
@@ -226,6 +229,7 @@ impl DpopLayer {
             shared: Some(Arc::new(DpopShared {
                 htu: s.htu.clone(),
                 origin: s.origin.clone(),
+                path: s.path.clone(),
                 algorithms: s.algorithms,
                 max_age: s.max_age,
                 max_future: s.max_future,
@@ -341,8 +345,11 @@ impl DpopShared {
         };
         // The proof names the configured URL; the request must be for that URL too (the
         // origin comes from configuration, never from `Host`).
-        let requested = super::normalize_htu(&format!("{}{}", self.origin, req.uri().path()));
-        if requested.as_deref() != Some(self.htu.as_str()) {
+        // Normalization is idempotent: a path equal to the configured one needs none.
+        if req.uri().path() != self.path
+            && super::normalize_htu(&format!("{}{}", self.origin, req.uri().path())).as_deref()
+                != Some(self.htu.as_str())
+        {
             let error = AuthError::new(AuthErrorKind::InvalidDpopProof)
                 .with_detail("the request is not for the proof's htu")
                 .on_dpop();

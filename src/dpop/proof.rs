@@ -9,7 +9,7 @@ use serde_json::value::RawValue;
 use super::htu::normalize_htu;
 use crate::crypto::provider;
 use crate::error::{AuthError, AuthErrorKind};
-use crate::jose::{CompactJws, json_object, numeric_date, present, string, thumbprint};
+use crate::jose::{CompactJws, is_thumbprint_of, json_object, numeric_date, present, string};
 use crate::keys::{AlgorithmSet, SigningAlgorithm, proof_key};
 
 /// What a proof is checked against.
@@ -126,7 +126,8 @@ pub(crate) fn verify_proof(
         return Err(invalid("htm does not match the method"));
     }
     let htu = claims.htu.ok_or_else(|| invalid("no htu"))?;
-    if normalize_htu(&htu).as_deref() != Some(ctx.htu) {
+    // Normalization is idempotent, so an exact match needs none.
+    if htu != ctx.htu && normalize_htu(&htu).as_deref() != Some(ctx.htu) {
         return Err(invalid("htu does not match"));
     }
     let iat = claims.iat.ok_or_else(|| invalid("no iat"))?;
@@ -137,7 +138,7 @@ pub(crate) fn verify_proof(
         return Err(invalid("iat in the future"));
     }
     let ath = claims.ath.ok_or_else(|| invalid("no ath"))?;
-    if ath != thumbprint(ctx.access_token) {
+    if !is_thumbprint_of(&ath, ctx.access_token) {
         return Err(invalid("ath does not match the token"));
     }
     let jti = claims.jti.ok_or_else(|| invalid("no jti"))?;

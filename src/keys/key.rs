@@ -260,6 +260,41 @@ pub fn jwk_thumbprint(jwk_json: &str) -> Result<String, KeyError> {
     jwk.thumbprint()
 }
 
+/// The RFC 7638 canonical JSON of a JWK: `kty` and `members` (each name sorted into place), as
+/// JSON strings with serde_json's escaping, no whitespace.
+fn canonical_jwk(kty: &str, members: &[(&str, &str)]) -> String {
+    let mut all: Vec<(&str, &str)> = Vec::with_capacity(members.len() + 1);
+    all.extend_from_slice(members);
+    all.push(("kty", kty));
+    all.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    let mut out = String::with_capacity(128);
+    out.push('{');
+    for (i, (name, value)) in all.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        push_json_string(&mut out, name);
+        out.push(':');
+        push_json_string(&mut out, value);
+    }
+    out.push('}');
+    out
+}
+
+fn push_json_string(out: &mut String, value: &str) {
+    // Key members are base64url (nothing to escape); anything else gets serde_json's escaping.
+    if value
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        out.push('"');
+        out.push_str(value);
+        out.push('"');
+    } else {
+        out.push_str(&serde_json::Value::from(value).to_string());
+    }
+}
+
 fn invalid(reason: &'static str) -> KeyError {
     KeyError::InvalidJwk { reason }
 }
@@ -276,31 +311,39 @@ fn b64(field: &Option<String>, name: &'static str) -> Result<Vec<u8>, KeyError> 
 impl Jwk {
     /// RFC 7638: the required members, sorted, no whitespace, hashed with SHA-256.
     fn thumbprint(&self) -> Result<String, KeyError> {
-        let member = |v: &Option<String>, name: &'static str| {
-            v.clone().ok_or(KeyError::InvalidJwk { reason: name })
-        };
-        // `json!` objects serialize with sorted keys and no whitespace; the members below are
-        // also written in sorted order, which holds even with serde_json's `preserve_order`.
-        let canonical = match self.kty.as_str() {
-            "EC" => serde_json::json!({
-                "crv": member(&self.crv, "missing `crv`")?,
-                "kty": "EC",
-                "x": member(&self.x, "missing `x`")?,
-                "y": member(&self.y, "missing `y`")?,
-            }),
-            "RSA" => serde_json::json!({
-                "e": member(&self.e, "missing `e`")?,
-                "kty": "RSA",
-                "n": member(&self.n, "missing `n`")?,
-            }),
-            "OKP" => serde_json::json!({
-                "crv": member(&self.crv, "missing `crv`")?,
-                "kty": "OKP",
-                "x": member(&self.x, "missing `x`")?,
-            }),
+        fn member<'a>(v: &'a Option<String>, name: &'static str) -> Result<&'a str, KeyError> {
+            v.as_deref().ok_or(KeyError::InvalidJwk { reason: name })
+        }
+        // The members in lexicographic order, no whitespace (RFC 7638 §3.3).
+        let members: [(&str, &str); 3];
+        let members: &[(&str, &str)] = match self.kty.as_str() {
+            "EC" => {
+                members = [
+                    ("crv", member(&self.crv, "missing `crv`")?),
+                    ("x", member(&self.x, "missing `x`")?),
+                    ("y", member(&self.y, "missing `y`")?),
+                ];
+                &members
+            }
+            "RSA" => {
+                members = [
+                    ("e", member(&self.e, "missing `e`")?),
+                    ("n", member(&self.n, "missing `n`")?),
+                    ("", ""),
+                ];
+                &members[..2]
+            }
+            "OKP" => {
+                members = [
+                    ("crv", member(&self.crv, "missing `crv`")?),
+                    ("x", member(&self.x, "missing `x`")?),
+                    ("", ""),
+                ];
+                &members[..2]
+            }
             _ => return Err(invalid("unsupported key type")),
         };
-        Ok(crate::jose::thumbprint(&canonical.to_string()))
+        Ok(crate::jose::thumbprint(&canonical_jwk(&self.kty, members)))
     }
 
     fn into_key(self) -> Result<VerificationKey, KeyError> {
@@ -457,6 +500,22 @@ mod tests {
         // Two ES256 keys and no kid: ambiguous.
         assert!(set.find(None, SigningAlgorithm::ES256).is_err());
         assert!(KeySet::from_jwks_json(b"{\"keys\":{}}").is_err());
+    }
+
+    #[test]
+    fn canonical_jwk_matches_serde_json() {
+        for value in ["abc-_09", "a\"b", "back\\slash", "ü\u{0}\n", ""] {
+            let expected = serde_json::json!({"crv": value, "kty": "EC", "x": "x", "y": value});
+            assert_eq!(
+                canonical_jwk("EC", &[("crv", value), ("x", "x"), ("y", value)]),
+                expected.to_string()
+            );
+            let expected = serde_json::json!({"e": "AQAB", "kty": value, "n": value});
+            assert_eq!(
+                canonical_jwk(value, &[("e", "AQAB"), ("n", value)]),
+                expected.to_string()
+            );
+        }
     }
 
     #[test]

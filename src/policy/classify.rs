@@ -3,7 +3,8 @@
 //! The body must be UTF-8 without a BOM, nested no deeper than a bound, and either one JSON
 //! object or a non-empty array of objects (a 2025-03-26 batch). Each message must say
 //! `"jsonrpc": "2.0"`; the members read (`jsonrpc`, `id`, `method`, `params`, `result`, `error`,
-//! and inside `params` the `name`, `uri`, `arguments`, `ref`) must not repeat. Strings are
+//! and inside `params` the `name`, `uri`, `arguments`, `ref`, and an `initialize`'s
+//! `protocolVersion`) must not repeat. Strings are
 //! unescaped exactly as the server will unescape them, so `"add\u005fnote"` is `add_note`.
 
 use std::borrow::Cow;
@@ -19,7 +20,11 @@ use crate::error::{AuthError, AuthErrorKind};
 #[non_exhaustive]
 pub enum Operation<'a> {
     /// `initialize`.
-    Initialize,
+    Initialize {
+        /// `params.protocolVersion`, the revision the client asks for (an `initialize` carries
+        /// no `MCP-Protocol-Version` header).
+        protocol_version: Option<Cow<'a, str>>,
+    },
     /// `ping`.
     Ping,
     /// Any `notifications/*` method.
@@ -107,7 +112,7 @@ impl Operation<'_> {
     /// The JSON-RPC method (`""` for a response).
     pub fn method(&self) -> &str {
         match self {
-            Self::Initialize => "initialize",
+            Self::Initialize { .. } => "initialize",
             Self::Ping => "ping",
             Self::Notification { method } | Self::Task { method } | Self::Other { method } => {
                 method
@@ -270,6 +275,12 @@ struct NamedParams<'a> {
 }
 
 #[derive(Deserialize)]
+struct InitializeParams<'a> {
+    #[serde(default, rename = "protocolVersion", borrow)]
+    protocol_version: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
 struct UriParams<'a> {
     #[serde(borrow)]
     uri: Cow<'a, str>,
@@ -326,7 +337,13 @@ fn message(text: &str) -> Result<Message<'_>, AuthError> {
     }
     let p = envelope.params;
     let operation = match &*method {
-        "initialize" => Operation::Initialize,
+        "initialize" => Operation::Initialize {
+            // Optional here (the server judges a missing one), but read strictly when present.
+            protocol_version: match p {
+                Some(p) => object::<InitializeParams<'_>>(p.get())?.protocol_version,
+                None => None,
+            },
+        },
         "ping" => Operation::Ping,
         "tools/list" => Operation::ListTools,
         "resources/list" => Operation::ListResources,
@@ -435,6 +452,48 @@ mod tests {
         assert!(classify(invalid_utf8, 64).is_err());
         let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
         assert!(classify(deep.as_bytes(), 64).is_err());
+    }
+
+    #[test]
+    fn initialize_protocol_version() {
+        let version = |body: &str| match one(body) {
+            Ok(Operation::Initialize { protocol_version }) => {
+                Ok(protocol_version.map(|v| v.into_owned()))
+            }
+            Ok(other) => panic!("{other:?}"),
+            Err(kind) => Err(kind),
+        };
+        let init = |params: &str| {
+            format!(r#"{{"jsonrpc":"2.0","id":0,"method":"initialize","params":{params}}}"#)
+        };
+        assert_eq!(
+            version(&init(
+                r#"{"protocolVersion":"2025-06-18","capabilities":{}}"#
+            )),
+            Ok(Some("2025-06-18".into()))
+        );
+        assert_eq!(
+            version(&init(r#"{"protocolVers\u0069on":"2025-11-25"}"#)),
+            Ok(Some("2025-11-25".into()))
+        );
+        assert_eq!(version(&init("{}")), Ok(None));
+        assert_eq!(version(&init(r#"{"protocolVersion":null}"#)), Ok(None));
+        assert_eq!(
+            version(r#"{"jsonrpc":"2.0","id":0,"method":"initialize"}"#),
+            Ok(None)
+        );
+        for params in [
+            r#"{"protocolVersion":"2025-06-18","protocolVersion":"2024-11-05"}"#,
+            r#"{"protocolVersion":"2025-06-18","protocolVers\u0069on":"2024-11-05"}"#,
+            r#"{"protocolVersion":20250618}"#,
+            r#"["2025-06-18"]"#,
+        ] {
+            assert_eq!(
+                version(&init(params)),
+                Err(AuthErrorKind::MalformedMessage),
+                "{params}"
+            );
+        }
     }
 
     #[test]

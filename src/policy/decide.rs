@@ -19,6 +19,7 @@ pub struct PolicyRequest<'a> {
     pub(crate) principal: &'a Principal,
     pub(crate) operation: &'a Operation<'a>,
     pub(crate) parts: &'a http::request::Parts,
+    pub(crate) listing: bool,
 }
 
 impl<'a> PolicyRequest<'a> {
@@ -32,7 +33,29 @@ impl<'a> PolicyRequest<'a> {
             principal,
             operation,
             parts,
+            listing: false,
         }
+    }
+
+    /// This request as a listing check (see [`is_listing`](Self::is_listing)).
+    #[must_use]
+    pub fn as_listing(mut self) -> Self {
+        self.listing = true;
+        self
+    }
+
+    /// Whether the policy layer asks this to decide whether an item of a `tools/list`,
+    /// `prompts/list` or `resources/list` result stays visible, rather than about a call.
+    ///
+    /// A listing check is phrased as a call of the item (`tools/call`, `prompts/get`,
+    /// `resources/read`) **without arguments**, on the request parts of the list request. Only
+    /// the identity of the item is known, so a rule that depends on the arguments cannot be
+    /// decided: answer `Allow` when *some* call could be allowed (the call itself is still
+    /// checked when it comes), or refuse to hide the item. A `Deny` or `NeedsScopes` hides
+    /// the item. A real call that omits `arguments` is *not* a listing check: use this flag,
+    /// never the absence of arguments, to tell them apart.
+    pub fn is_listing(&self) -> bool {
+        self.listing
     }
 
     /// The verified caller.
@@ -65,12 +88,21 @@ impl<'a> PolicyRequest<'a> {
         serde_json::from_str(self.arguments()?.get()).ok()
     }
 
-    /// The `MCP-Protocol-Version` request header, if sent.
+    /// The protocol revision: the `MCP-Protocol-Version` request header, if sent; otherwise,
+    /// for an `initialize`, its `params.protocolVersion` (the revision the client asks for,
+    /// before any was negotiated).
     pub fn protocol_version(&self) -> Option<&'a str> {
-        self.parts
+        let header = self
+            .parts
             .headers
             .get("mcp-protocol-version")
-            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.to_str().ok());
+        header.or(match self.operation {
+            Operation::Initialize {
+                protocol_version: Some(version),
+            } => Some(&**version),
+            _ => None,
+        })
     }
 
     /// The HTTP request parts (method, URI, headers, extensions).
@@ -120,7 +152,8 @@ impl Decision {
 /// Decides whether a caller may perform an operation. Called for every JSON-RPC message the
 /// policy layer forwards, and for every item of `tools/list`, `prompts/list` and
 /// `resources/list` results (as a `tools/call`, `prompts/get` or `resources/read` without
-/// arguments).
+/// arguments, with [`PolicyRequest::is_listing`] true): an item stays listed only if that
+/// answer is `Allow`.
 ///
 /// Closures `Fn(&PolicyRequest<'_>) -> Decision` are policies.
 #[async_trait]
@@ -232,5 +265,60 @@ impl fmt::Debug for Any {
 impl fmt::Debug for Not {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("Not(..)")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::principal::{Binding, PrincipalParts};
+
+    fn principal() -> Principal {
+        Principal::new(PrincipalParts {
+            issuer: "https://as".into(),
+            subject: "u".into(),
+            client_id: None,
+            audience: vec![],
+            scopes: Default::default(),
+            delegation: vec![],
+            expires_at: 0,
+            issued_at: None,
+            jti: None,
+            token_thumbprint: String::new(),
+            binding: Binding::Bearer,
+            confirmation: None,
+            claims: RawValue::from_string("{}".into()).unwrap(),
+        })
+    }
+
+    #[test]
+    fn protocol_version_header_then_initialize_body() {
+        let p = principal();
+        let with_header = http::Request::builder()
+            .header("mcp-protocol-version", "2025-11-25")
+            .body(())
+            .unwrap()
+            .into_parts()
+            .0;
+        let without = http::Request::new(()).into_parts().0;
+        let init = Operation::Initialize {
+            protocol_version: Some("2025-06-18".into()),
+        };
+        let bare_init = Operation::Initialize {
+            protocol_version: None,
+        };
+        let cases = [
+            (&init, &without, Some("2025-06-18")),
+            (&init, &with_header, Some("2025-11-25")),
+            (&bare_init, &without, None),
+            (&Operation::Ping, &without, None),
+            (&Operation::Ping, &with_header, Some("2025-11-25")),
+        ];
+        for (op, parts, want) in cases {
+            let request = PolicyRequest::new(&p, op, parts);
+            assert_eq!(request.protocol_version(), want, "{op:?}");
+            assert!(!request.is_listing());
+            assert!(request.as_listing().is_listing());
+        }
     }
 }

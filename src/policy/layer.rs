@@ -91,7 +91,9 @@ impl McpPolicyLayer {
         self.with(|s| s.denial = style)
     }
 
-    /// Where session bindings are kept; `None` turns session binding off.
+    /// Where session bindings are kept; `None` turns session binding off. With a store, a
+    /// request carrying an `Mcp-Session-Id` the store does not know is refused (404), so the
+    /// store must not forget live bindings (see [`SessionStore`]).
     pub fn session_store(self, store: Option<Arc<dyn SessionStore>>) -> Self {
         self.with(|s| s.sessions = store)
     }

@@ -9,7 +9,7 @@ use std::task::{Context, Poll};
 
 use base64::Engine as _;
 use bytes::Bytes;
-use http::header::{CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE};
+use http::header::{ALLOW, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE};
 use http::{HeaderMap, Method, Request, Response};
 use http_body::Body;
 use http_body_util::{BodyExt, Full, Limited};
@@ -30,6 +30,16 @@ use crate::principal::Principal;
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 const SESSION_HEADER: &str = "mcp-session-id";
+
+/// The methods the MCP endpoint accepts (the `Allow` of a 405).
+const ALLOWED_METHODS: &str = "GET, POST, DELETE";
+
+/// Seconds a client is told to wait when the session store is full.
+const SESSION_RETRY_AFTER_SECS: u32 = 30;
+
+fn session_store_full() -> AuthError {
+    AuthError::unavailable(AuthErrorKind::SessionStoreFull, SESSION_RETRY_AFTER_SECS)
+}
 
 /// Authorizes each JSON-RPC message before calling `S`; built by
 /// [`McpPolicyLayer`](super::McpPolicyLayer).
@@ -116,6 +126,8 @@ where
 struct Plan {
     lists: Vec<(String, ListKind)>,
     initialize: bool,
+    /// The `id` of the `initialize`, echoed when its session cannot be bound.
+    initialize_id: Option<Box<RawValue>>,
 }
 
 /// The whole request: checks, then the inner call, then response handling.
@@ -136,6 +148,19 @@ where
     let Some(principal) = parts.extensions.get::<Principal>().cloned() else {
         return Ok(shared.reject(AuthErrorKind::NoPrincipal.into(), None));
     };
+    // Only POST carries JSON-RPC; GET (SSE stream), DELETE (session end) and a CORS preflight
+    // that got this far name no operation. Anything else would reach the server unclassified.
+    let passthrough = match parts.method {
+        Method::POST => false,
+        Method::GET | Method::DELETE | Method::OPTIONS => true,
+        _ => {
+            let mut response = shared.reject(AuthErrorKind::MethodNotAllowed.into(), None);
+            response
+                .headers_mut()
+                .insert(ALLOW, http::HeaderValue::from_static(ALLOWED_METHODS));
+            return Ok(response);
+        }
+    };
     let session = match session_key(&parts.headers) {
         Ok(session) => session,
         Err(error) => return Ok(shared.reject(error, None)),
@@ -144,16 +169,23 @@ where
     if let (Some(record), Some(key)) = (&record, &session) {
         record.set_session(key.to_base64());
     }
-    if let (Some(store), Some(key)) = (&shared.sessions, &session)
-        && let Some(owner) = store.owner(key).await
-        && owner != SessionOwner::of(&principal)
-    {
-        return Ok(shared.reject(AuthErrorKind::SessionNotOwned.into(), None));
+    if let (Some(store), Some(key)) = (&shared.sessions, &session) {
+        // Fail closed: a session id this store does not know (never minted here, ended, expired)
+        // is refused like another principal's. The `initialize` that mints a session carries
+        // none; an `initialize` presenting an unknown id is refused too, or its response could
+        // bind a live session the store forgot to whoever presented the id.
+        let kind = match store.owner(key).await {
+            Some(owner) if owner == SessionOwner::of(&principal) => None,
+            Some(_) => Some(AuthErrorKind::SessionNotOwned),
+            None => Some(AuthErrorKind::UnknownSession),
+        };
+        if let Some(kind) = kind {
+            return Ok(shared.reject(kind.into(), None));
+        }
     }
 
-    if parts.method != Method::POST {
-        // GET (SSE stream) and DELETE (session end) name no operation: the token (and, for a
-        // bound session, ownership) is all they need.
+    if passthrough {
+        // The token (and, for a bound session, ownership) is all these need.
         let delete = parts.method == Method::DELETE;
         let response = inner.call(Request::from_parts(parts, body)).await?;
         if delete
@@ -196,6 +228,14 @@ where
         }
     };
 
+    // Refuse a new session before the server creates it when its binding could not be kept.
+    if plan.initialize
+        && let Some(store) = &shared.sessions
+        && !store.has_room().await
+    {
+        return Ok(shared.reject(session_store_full(), plan.initialize_id.as_deref()));
+    }
+
     let filter = (shared.filter_listings && !plan.lists.is_empty()).then(|| PrincipalFilter {
         policy: shared.policy.clone(),
         principal: principal.clone(),
@@ -212,10 +252,14 @@ where
             .headers()
             .get(SESSION_HEADER)
             .and_then(|v| v.to_str().ok())
-    {
-        store
+        && store
             .bind(SessionKey::of(id), SessionOwner::of(&principal))
-            .await;
+            .await
+            .is_err()
+    {
+        // Lost a race for the last slot: the session id never reaches the client, so no
+        // session exists that the store does not bind.
+        return Ok(shared.reject(session_store_full(), plan.initialize_id.as_deref()));
     }
 
     match filter {
@@ -250,6 +294,7 @@ async fn evaluate<B>(
     let mut plan = Plan {
         lists: Vec::new(),
         initialize: false,
+        initialize_id: None,
     };
     let mut needed = BTreeSet::new();
     let mut refused_id: Option<Option<&RawValue>> = None;
@@ -259,8 +304,9 @@ async fn evaluate<B>(
             Operation::ListTools => Some(ListKind::Tools),
             Operation::ListPrompts => Some(ListKind::Prompts),
             Operation::ListResources => Some(ListKind::Resources),
-            Operation::Initialize => {
+            Operation::Initialize { .. } => {
                 plan.initialize = true;
+                plan.initialize_id = message.id.map(ToOwned::to_owned);
                 None
             }
             _ => None,
@@ -496,7 +542,7 @@ impl ListingFilter for PrincipalFilter {
                 },
                 ListKind::Resources => Operation::ReadResource { uri: item.into() },
             };
-            let request = PolicyRequest::new(&self.principal, &operation, &self.parts);
+            let request = PolicyRequest::new(&self.principal, &operation, &self.parts).as_listing();
             self.policy.decide(&request).await.is_allow()
         })
     }

@@ -56,7 +56,8 @@ pub struct PolicyConfig {
     /// Scopes required per prompt.
     pub prompts: BTreeMap<String, Vec<String>>,
     /// Scopes required per resource URI; a pattern ending in `*` matches by prefix, the longest
-    /// matching pattern wins.
+    /// matching pattern wins. Matching is on the raw URI string; URIs with dot segments or
+    /// `%2e` are denied (see [`ToolScopes::resource`]).
     pub resources: BTreeMap<String, Vec<String>>,
     /// Scope hierarchy: a scope implies the listed ones (transitively), e.g.
     /// `"notes:admin" = ["notes:write"]`.
@@ -78,7 +79,9 @@ pub struct PolicyConfig {
     pub filter_listings: bool,
     /// How a missing scope on a tool call is reported.
     pub denial: DenialStyle,
-    /// Bind `Mcp-Session-Id` to the principal that initialized it (default on).
+    /// Bind `Mcp-Session-Id` to the principal that initialized it (default on). A session id
+    /// the store does not know is then refused (404), and a full store refuses `initialize`
+    /// (503).
     pub session_binding: bool,
 }
 
@@ -200,6 +203,12 @@ impl ToolScopes {
 
     /// The scopes reading (or subscribing to) resources matching `pattern` requires: an exact
     /// URI, or a prefix ending in `*`. The longest matching pattern wins.
+    ///
+    /// Patterns match the URI exactly as sent: no case folding, no percent-decoding, no
+    /// dot-segment removal. So that `notes://x/../secret/1` cannot pass for `notes://x/*`, a
+    /// URI with a `.` or `..` segment (between `/` or `\`, also after percent-decoding, once or
+    /// more) or any `%2e` is refused outright, whatever the patterns and [`Unlisted`] setting
+    /// say.
     pub fn resource<I, S>(mut self, pattern: impl Into<String>, scopes: I) -> Self
     where
         I: IntoIterator<Item = S>,
@@ -293,9 +302,14 @@ impl ToolScopes {
             | Operation::UnsubscribeResource { uri }
             | Operation::Complete {
                 reference: CompletionRef::Resource { uri },
-            } => self
-                .resource_scopes(uri)
-                .or_else(|| unlisted(self.unlisted_targets)),
+            } => {
+                // Refused outright, whatever `unlisted_targets` says.
+                if ambiguous_uri(uri) {
+                    return None;
+                }
+                self.resource_scopes(uri)
+                    .or_else(|| unlisted(self.unlisted_targets))
+            }
             Operation::Complete { .. } => unlisted(self.unlisted_targets),
             Operation::Other { .. } => unlisted(self.unknown_methods),
             _ => Some(&self.lifecycle),
@@ -327,10 +341,79 @@ impl ToolScopes {
     }
 }
 
+/// Whether a resource URI could name something other than what its text says once a server
+/// resolves it: a `.` or `..` segment (between `/` or `\`, also after percent-decoding, so
+/// `%2F..%2F` counts, and after decoding again, so `%252e%252e` counts), or any
+/// percent-encoded dot (`%2e`, which RFC 3986 §2.3 says is never needed). Patterns match the
+/// raw string, so such URIs are refused outright: `notes://x/../secret/1` must not pass as
+/// `notes://x/*`.
+fn ambiguous_uri(uri: &str) -> bool {
+    // Each round decodes one level of percent-encoding; a URI still changing after a few rounds
+    // is refused too.
+    const ROUNDS: usize = 4;
+    let mut current = uri.as_bytes().to_vec();
+    for _ in 0..ROUNDS {
+        let encoded_dot = current
+            .windows(3)
+            .any(|w| w[0] == b'%' && w[1] == b'2' && w[2].eq_ignore_ascii_case(&b'e'));
+        let dot_segment = current
+            .split(|&b| b == b'/' || b == b'\\')
+            .any(|segment| segment == b"." || segment == b"..");
+        if encoded_dot || dot_segment {
+            return true;
+        }
+        let decoded = percent_decode(&current);
+        if decoded == current {
+            return false;
+        }
+        current = decoded;
+    }
+    true
+}
+
+/// Whether the operation's target is a resource URI.
+fn uri_target(operation: &Operation<'_>) -> bool {
+    matches!(
+        operation,
+        Operation::ReadResource { .. }
+            | Operation::SubscribeResource { .. }
+            | Operation::UnsubscribeResource { .. }
+            | Operation::Complete {
+                reference: CompletionRef::Resource { .. }
+            }
+    )
+}
+
+/// `%XX` decoded where `XX` is hex; everything else kept as is.
+fn percent_decode(bytes: &[u8]) -> Vec<u8> {
+    let hex = |b: u8| (b as char).to_digit(16);
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && let (Some(h), Some(l)) = (
+                bytes.get(i + 1).and_then(|&b| hex(b)),
+                bytes.get(i + 2).and_then(|&b| hex(b)),
+            )
+        {
+            // Two hex digits: at most 0xff.
+            out.push((h * 16 + l) as u8);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    out
+}
+
 #[async_trait]
 impl Policy for ToolScopes {
     async fn decide(&self, request: &PolicyRequest<'_>) -> Decision {
         let Some(required) = self.required(request.operation()) else {
+            if uri_target(request.operation()) && request.target().is_some_and(ambiguous_uri) {
+                return Decision::deny("resource URI with dot segments or encoded dots");
+            }
             return Decision::deny(format!("{} is not in the scope map", request.method()));
         };
         let granted = request.principal().scopes();
@@ -446,6 +529,73 @@ mod tests {
             decide(&p, &["notes:read"], read("files://x")),
             Decision::Deny { .. }
         ));
+    }
+
+    #[test]
+    fn dot_segments_and_encoded_dots_are_denied() {
+        let p = ToolScopes::new()
+            .resource("notes://x/*", ["notes:read"])
+            .resource("notes://x/a/b", ["notes:read"])
+            .unlisted_targets(Unlisted::Allow);
+        let read = |uri: &'static str| Operation::ReadResource { uri: uri.into() };
+        // (uri, allowed with notes:read)
+        let cases = [
+            ("notes://x/1", true),
+            ("notes://x/a/b", true),
+            ("notes://x/a..b", true),
+            ("notes://x/.hidden", true),
+            ("notes://x/a%2Fb", true),
+            ("notes://x/../secret/1", false),
+            ("notes://x/./1", false),
+            ("notes://x/..", false),
+            ("notes://x/.", false),
+            ("notes://x/a/b/..", false),
+            ("notes://x/%2e%2e/secret/1", false),
+            ("notes://x/%2E%2E/secret/1", false),
+            ("notes://x/.%2e/secret/1", false),
+            ("notes://x/%2e/1", false),
+            ("notes://x/a%2ejson", false),
+            ("notes://x/..%2Fsecret/1", false),
+            ("notes://x/%2F..%2Fsecret", false),
+            ("notes://x/..\\secret", false),
+            ("notes://x\\..\\secret", false),
+            ("notes://x/%252e%252e/secret", false),
+            ("notes://x/..%252Fsecret", false),
+            ("notes://x/%25252e", false),
+            ("notes://x/a%2520b", true),
+            // Unlisted targets are allowed here, but not with dot segments.
+            ("other://y/../z", false),
+            ("other://y/z", true),
+        ];
+        for (uri, allowed) in cases {
+            let decision = decide(&p, &["notes:read"], read(uri));
+            if allowed {
+                assert_eq!(decision, Decision::Allow, "{uri}");
+            } else {
+                assert!(
+                    matches!(decision, Decision::Deny { .. }),
+                    "{uri}: {decision:?}"
+                );
+            }
+        }
+        for op in [
+            Operation::SubscribeResource {
+                uri: "notes://x/../s".into(),
+            },
+            Operation::UnsubscribeResource {
+                uri: "notes://x/../s".into(),
+            },
+            Operation::Complete {
+                reference: CompletionRef::Resource {
+                    uri: "notes://x/%2e%2e/s".into(),
+                },
+            },
+        ] {
+            assert!(p.required(&op).is_none(), "{op:?}");
+        }
+        // A tool name is not a URI: dots in it are just characters.
+        let t = ToolScopes::new().tool("..", Vec::<String>::new());
+        assert_eq!(decide(&t, &[], call("..")), Decision::Allow);
     }
 
     #[test]

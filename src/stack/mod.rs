@@ -269,7 +269,13 @@ impl McpAuthBuilder {
         self
     }
 
-    /// Reshapes every rejection response; see [`ShapeRejection`].
+    /// Reshapes the token layer's rejections (missing, malformed or invalid credentials, keys
+    /// unavailable): the body and extra headers are the hook's, while the status,
+    /// `WWW-Authenticate`, `Cache-Control`, `Retry-After`, `DPoP-Nonce` and the [`AuthError`]
+    /// extension stay as computed; see [`ShapeRejection`]. The policy layer's JSON-RPC errors
+    /// and the DPoP layer's proof refusals are not passed to the hook.
+    ///
+    /// [`AuthError`]: crate::AuthError
     pub fn shape_rejection(mut self, shape: impl ShapeRejection) -> Self {
         self.shape = Some(Arc::new(shape));
         self
@@ -312,6 +318,20 @@ impl McpAuthBuilder {
                     reason: "no algorithms allowed",
                 });
             }
+            // HMAC is only for a shared secret configured explicitly: a source whose keys are
+            // known now must hold one for every HMAC algorithm it is allowed.
+            if let Some(current) = keys.current() {
+                let missing = algorithms.iter().any(|alg| {
+                    alg.is_symmetric() && !current.keys().iter().any(|k| k.algorithm() == alg)
+                });
+                if missing {
+                    return Err(ConfigError::InvalidKeySource {
+                        issuer,
+                        reason: "an HMAC algorithm is allowed but the key source holds no \
+                                 shared secret for it (VerificationKey::shared_secret)",
+                    });
+                }
+            }
             issuers.push(TrustedIssuer::new(issuer, keys).algorithms(algorithms));
         }
         if issuers.is_empty() && config.introspection.is_none() && self.introspection.is_none() {
@@ -346,6 +366,9 @@ impl McpAuthBuilder {
         metadata.tls_client_certificate_bound_access_tokens = config.mtls;
         metadata.scopes_supported = config.scopes_supported.clone();
         metadata.resource_name = config.resource_name.clone();
+        if let Some(documentation) = &config.resource_documentation {
+            parse_url(documentation, UrlRole::Remote("resource_documentation"))?;
+        }
         metadata.resource_documentation = config.resource_documentation.clone();
 
         let rules = &config.token;
@@ -497,7 +520,7 @@ impl McpAuthBuilder {
                 (Some(pem), None) => pem.as_bytes().to_vec(),
                 (None, Some(path)) => read(path)?,
                 _ => {
-                    return Err(ConfigError::InvalidAlgorithms {
+                    return Err(ConfigError::InvalidKeySource {
                         issuer: name.clone(),
                         reason: "each key needs exactly one of `pem` and `pem_file`",
                     });
@@ -521,7 +544,7 @@ impl McpAuthBuilder {
 
         if config.discover {
             if config.jwks_uri.is_some() || !static_keys.is_empty() {
-                return Err(ConfigError::InvalidAlgorithms {
+                return Err(ConfigError::InvalidKeySource {
                     issuer: name.clone(),
                     reason: "use either discover or explicit keys, not both",
                 });
@@ -536,7 +559,7 @@ impl McpAuthBuilder {
         }
         let source: Arc<dyn KeySource> = match (&config.jwks_uri, static_keys.is_empty()) {
             (Some(_), false) => {
-                return Err(ConfigError::InvalidAlgorithms {
+                return Err(ConfigError::InvalidKeySource {
                     issuer: name.clone(),
                     reason: "use either jwks_uri or static keys, not both",
                 });

@@ -177,8 +177,15 @@ impl JwtVerifier {
         self
     }
 
-    /// Accept tokens without `typ` (or with `typ: JWT`) from issuers that do not type their
-    /// access tokens. Off by default: `typ` is what tells an access token from an ID token.
+    /// Accept tokens without `typ`, or with the generic `typ` `JWT` / `application/jwt`
+    /// (case-insensitive), from issuers that do not type their access tokens. Off by default:
+    /// `typ` is what tells an access token from an ID token.
+    ///
+    /// Even with this on, every other `typ` is refused (401 `invalid_token`,
+    /// [`AuthErrorKind::WrongTokenType`]): a token that says it is something else (`id+jwt`,
+    /// `dpop+jwt`, `logout+jwt`, …) is never taken for an access token. The opt-in only
+    /// relaxes the header check; `iss`, `aud`, `exp`, the signature and the required claims are
+    /// verified as always.
     pub fn accept_untyped_tokens(mut self, accept: bool) -> Self {
         self.inner_mut().accept_untyped = accept;
         self
@@ -307,9 +314,10 @@ struct Header<'a> {
     // Cow: escaped strings (`"application\/at+jwt"`) are legal JSON and cannot be borrowed.
     #[serde(borrow)]
     alg: Cow<'a, str>,
-    #[serde(default, borrow)]
+    // `null` is not "absent": a member of the wrong JSON type is refused.
+    #[serde(default, borrow, deserialize_with = "header_string")]
     typ: Option<Cow<'a, str>>,
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "header_string")]
     kid: Option<Cow<'a, str>>,
     #[serde(default, deserialize_with = "present")]
     crit: bool,
@@ -319,6 +327,16 @@ struct Header<'a> {
     zip: bool,
     #[serde(default, deserialize_with = "present")]
     b64: bool,
+}
+
+/// A JOSE header string, borrowed when it has no escapes; `null` and other types are errors.
+fn header_string<'de: 'a, 'a, D: Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Cow<'a, str>>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(transparent)]
+    struct Text<'a>(#[serde(borrow)] Cow<'a, str>);
+    Text::deserialize(d).map(|text| Some(text.0))
 }
 
 fn parse<'t>(token: &'t str, inner: &Inner) -> Result<Parsed<'t>, AuthError> {
@@ -356,6 +374,8 @@ fn parse<'t>(token: &'t str, inner: &Inner) -> Result<Parsed<'t>, AuthError> {
     })
 }
 
+/// `at+jwt` / `application/at+jwt` always; with the opt-in, also no `typ` or the generic
+/// `JWT` / `application/jwt`; nothing else, ever.
 fn check_typ(typ: Option<&str>, accept_untyped: bool) -> Result<(), AuthError> {
     let is = |t: &str, v: &str| t.eq_ignore_ascii_case(v);
     match typ {
@@ -611,6 +631,37 @@ mod tests {
             kind(v.verify_token(&nbf).await),
             Some(AuthErrorKind::NotYetValid)
         );
+    }
+
+    #[test]
+    fn typ_opt_in_accepts_only_untyped_or_generic_jwt() {
+        let ok = |typ: Option<&str>, untyped: bool| check_typ(typ, untyped).is_ok();
+        for typ in [
+            "at+jwt",
+            "AT+JWT",
+            "application/at+jwt",
+            "Application/AT+JWT",
+        ] {
+            assert!(ok(Some(typ), false), "{typ}");
+            assert!(ok(Some(typ), true), "{typ}");
+        }
+        for typ in [None, Some("JWT"), Some("jwt"), Some("application/jwt")] {
+            assert!(!ok(typ, false), "{typ:?} refused by default");
+            assert!(ok(typ, true), "{typ:?} accepted with the opt-in");
+        }
+        for typ in [
+            "id+jwt",
+            "dpop+jwt",
+            "logout+jwt",
+            "secevent+jwt",
+            "at+jwt ",
+            "application/jwt+at",
+            "",
+            "JWS",
+        ] {
+            assert!(!ok(Some(typ), false), "{typ:?}");
+            assert!(!ok(Some(typ), true), "{typ:?} refused even with the opt-in");
+        }
     }
 
     #[tokio::test]

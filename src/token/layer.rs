@@ -10,7 +10,7 @@ use tower_layer::Layer;
 
 use super::TokenVerifier;
 use super::service::Token;
-use crate::error::{AuthError, ChallengeConfig, ShapeRejection};
+use crate::error::{AuthError, ChallengeConfig, ShapeRejection, apply_shape};
 
 /// Authenticates requests with an access token; see the [module docs](crate::token).
 #[derive(Clone)]
@@ -41,7 +41,7 @@ impl TokenConfig {
         );
         let mut response = error.to_response(&self.challenge);
         if let Some(shape) = &self.shape {
-            shape.shape(&error, &mut response);
+            apply_shape(shape.as_ref(), &error, &mut response);
         }
         response
     }
@@ -63,7 +63,8 @@ impl TokenLayer {
         }
     }
 
-    /// Reshapes every rejection (for example its body) after it is built.
+    /// Reshapes every rejection this layer makes (for example its body) after it is built; the
+    /// status, challenges and error extension stay as computed (see [`ShapeRejection`]).
     pub fn shape_rejection(self, shape: impl ShapeRejection) -> Self {
         self.shape_rejection_shared(Arc::new(shape))
     }

@@ -3,6 +3,8 @@
 // `auditLogTest(...)`, which stops its server (SIGTERM: graceful shutdown flushes the log)
 // and compares the log with the ledger of requests the suite sent to that server:
 //
+//   - every event valid against schema/audit-event-v1.json (JSON Schema 2020-12, checked with
+//     Ajv's 2020 class), with `outcome: "completed"`;
 //   - exactly one event per request, matched by `request_id` (the `x-request-id` every
 //     tracked request carries), `schema: 1`, unique UUID `event_id`s;
 //   - `http` = the method, path and status the client saw; `resource`, `remote_addr`, `time`;
@@ -21,9 +23,15 @@
 //     and at most one DPoP challenge; the error is read from whichever carries one;
 //     without a valid token neither is present; `session` = base64url(SHA-256(Mcp-Session-Id));
 //   - no credential at all in the file: no value of lib.mjs's SECRETS (nor a token's
-//     signature segment or first 40 characters), no `Bearer `, no raw Mcp-Session-Id.
+//     signature segment or first 40 characters), no `Bearer `, no raw Mcp-Session-Id; and
+//     every Authorization value, token and DPoP proof of the ledger is among SECRETS, so the
+//     scan covers everything the suite sent to the server.
 import { it } from 'node:test';
 import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+
+import Ajv2020 from 'ajv/dist/2020.js';
 
 import {
   SECRETS, authChallenges, bearerChallenge, decodeJwt, readAuditLog, sha256b64u, stopNotesServer,
@@ -47,6 +55,34 @@ const DECIDED_REASONS = new Set(['insufficient_scope', 'access_denied']);
 const METADATA_PREFIX = '/.well-known/oauth-protected-resource';
 const UUID_V4 = /^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/;
 const RFC3339_MICROS_UTC = /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$/;
+
+/** The event schema of the crate (schema 1). */
+export const AUDIT_SCHEMA_PATH = fileURLToPath(new URL('../../schema/audit-event-v1.json', import.meta.url));
+
+let schemaValidator;
+
+/** The compiled schema (strict Ajv, all errors), compiled once. */
+function auditSchemaValidator() {
+  if (schemaValidator === undefined) {
+    const schema = JSON.parse(readFileSync(AUDIT_SCHEMA_PATH, 'utf8'));
+    // Ajv's 2020 class is the one for this draft; another draft needs another class.
+    assert.equal(schema.$schema, 'https://json-schema.org/draft/2020-12/schema', `${AUDIT_SCHEMA_PATH}: $schema`);
+    const ajv = new Ajv2020({ strict: true, allErrors: true, allowUnionTypes: true });
+    const validate = ajv.compile(schema);
+    schemaValidator = { ajv, validate };
+  }
+  return schemaValidator;
+}
+
+/** Asserts that every event of `events` (parsed lines of `where`) is valid against the schema. */
+export function assertSchemaValid(events, where) {
+  const { ajv, validate } = auditSchemaValidator();
+  const invalid = [];
+  events.forEach((ev, i) => {
+    if (!validate(ev)) invalid.push(`${where}:${i + 1}: ${ajv.errorsText(validate.errors)} in ${JSON.stringify(ev).slice(0, 300)}`);
+  });
+  assert.deepEqual(invalid, [], `${where}: events invalid against ${AUDIT_SCHEMA_PATH}`);
+}
 
 /** The strings no audit log may contain, each with what it is. */
 export function secretNeedles() {
@@ -187,6 +223,7 @@ function checkEnvelope(server, ev, status, at) {
   assert.equal(ev.resource, server.resource, at('resource'));
   assert.match(ev.remote_addr ?? '', /^127\.0\.0\.1:\d+$/, at('remote_addr'));
   assert.ok(Number.isInteger(ev.latency_us) && ev.latency_us >= 0, at('latency_us'));
+  assert.equal(ev.outcome, 'completed', at('outcome (every tracked request got its answer)'));
   assert.equal(ev.arguments, null, at('arguments (no redaction hook configured)'));
 
   // decision and reason
@@ -371,9 +408,15 @@ export async function checkAuditLog(server, { minimum = {} } = {}) {
   const exit = await stopNotesServer(server);
   assert.deepEqual(exit, { code: 0, signal: null, forced: false }, 'notes_server shut down gracefully on SIGTERM');
   const { text, events } = readAuditLog(server);
+  assertSchemaValid(events, server.auditLog);
+  const requests = server.requests;
+  // The scan below looks for SECRETS: everything sent to this server must be among them.
+  const unscanned = requests
+    .flatMap((r) => [...r.authorization, r.bearer, r.dpopToken, ...r.dpopProofs])
+    .filter((v) => typeof v === 'string' && v !== '' && !SECRETS.has(v));
+  assert.deepEqual(unscanned.map((v) => `${v.slice(0, 12)}…`), [], 'every token, Authorization value and DPoP proof sent is scanned for');
   assertNoSecrets(text, server.auditLog);
 
-  const requests = server.requests;
   // Session ids are credentials of a kind too: only their hashes may be logged.
   const rawSessionIds = [...new Set(requests.flatMap((r) => r.sessionIds))].filter((id) => text.includes(id));
   assert.deepEqual(rawSessionIds, [], `${server.auditLog} contains raw Mcp-Session-Id values`);
@@ -416,7 +459,8 @@ export async function checkAuditLog(server, { minimum = {} } = {}) {
     const have = counts[key] ?? reasons[key] ?? 0;
     assert.ok(have >= min, `at least ${min} × ${key} in the audit log, got ${have} (${JSON.stringify({ counts, reasons })})`);
   }
-  return { counts, reasons, secrets: SECRETS.size };
+  const proofs = new Set(requests.flatMap((r) => r.dpopProofs)).size;
+  return { counts, reasons, secrets: SECRETS.size, proofs };
 }
 
 /**

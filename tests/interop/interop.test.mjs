@@ -15,12 +15,16 @@
 //                      (default "ES256,RS256")
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
 
 import {
   CLIENT_ID, CLIENT_SECRET, OTHER_RESOURCE, REQUEST_TIMEOUT_MS,
   PROTOCOL_VERSION,
-  decodeJwt, expectAudit, getToken, httpRequest, initializeRequest, mcpPost, openSession, resultText, rpc,
-  startAuthorizationServer, startNotesServer, stopChild, trackedFetch,
+  decodeJwt, describeRun, expectAudit, getToken, httpRequest, initializeRequest, mcpPost, notesServerBin,
+  openSession, resultText, rpc, runProcess, spawnUntil, startAuthorizationServer, startNotesServer,
+  stopChild, trackedFetch,
   withAlgNone, withFlippedSignatureBit, withForeignKey, withHs256FromPublicKey, withPayload,
 } from './lib.mjs';
 import { auditLogTest } from './audit.mjs';
@@ -222,3 +226,58 @@ for (const alg of algs) {
     });
   });
 }
+
+// ---------------------------------------------------------------------------
+// the command line: a flag that would be ignored is an error (exit 2), never silence
+
+describe('notes_server command line: no flag is silently ignored', { timeout: 60_000 }, () => {
+  let dir;
+  let configFile;
+
+  before(() => {
+    dir = mkdtempSync(path.join(os.tmpdir(), 'tower-mcp-auth-cli-'));
+    configFile = path.join(dir, 'notes_server.toml');
+    // Discovery happens on first use, so this file starts a server without any AS running.
+    writeFileSync(configFile, [
+      'resource = "http://127.0.0.1:9/mcp"',
+      '[[issuers]]',
+      'issuer = "http://127.0.0.1:1"',
+      'discover = true',
+      '',
+    ].join('\n'));
+  });
+
+  after(() => {
+    if (dir) rmSync(dir, { recursive: true, force: true });
+  });
+
+  const refused = [
+    ['--config with --issuer', ['--config', '@', '--issuer', 'http://127.0.0.1:2'], /--issuer cannot be combined with --config/],
+    ['--config with --jwks-uri', ['--config', '@', '--jwks-uri', 'http://127.0.0.1:2/jwks'], /--jwks-uri cannot be combined with --config/],
+    ['--config with both', ['--issuer', 'http://127.0.0.1:2', '--jwks-uri', 'http://127.0.0.1:2/jwks', '--config', '@'], /--issuer and --jwks-uri cannot be combined with --config/],
+    ['--dpop-nonces with DPoP off', ['--dpop-nonces'], /--dpop-nonces needs --dpop allowed or --dpop required/],
+    ['--dpop-nonces with a config whose DPoP is off', ['--config', '@', '--dpop-nonces'], /--dpop-nonces needs DPoP on/],
+    ['--jwks-uri without --issuer', ['--jwks-uri', 'http://127.0.0.1:2/jwks'], /--jwks-uri needs --issuer/],
+  ];
+  for (const [what, args, message] of refused) {
+    it(`${what}: exit 2 with a clear message, nothing served`, async () => {
+      const argv = ['--listen', '127.0.0.1:0', ...args.map((a) => (a === '@' ? configFile : a))];
+      const run = await runProcess('notes_server', notesServerBin(), argv, { timeoutMs: 20_000 });
+      assert.equal(run.code, 2, describeRun(`notes_server ${argv.join(' ')}`, run));
+      assert.match(run.stderr, message, describeRun(`notes_server ${argv.join(' ')}`, run));
+      assert.doesNotMatch(run.stdout, /listening on/, describeRun(`notes_server ${argv.join(' ')}`, run));
+    });
+  }
+
+  it('control: the same --config alone starts', async () => {
+    const { child } = await spawnUntil('notes_server', notesServerBin(), ['--listen', '127.0.0.1:0', '--config', configFile], {
+      ready: /listening on http:\/\//,
+    });
+    await stopChild(child);
+  });
+
+  it('--help documents the --config rule', async () => {
+    const run = await runProcess('notes_server', notesServerBin(), ['--help'], { timeoutMs: 20_000 });
+    assert.match(run.stderr, /--issuer and --jwks-uri cannot be combined with it/, describeRun('notes_server --help', run));
+  });
+});

@@ -187,6 +187,10 @@ const unreadable = ({ status = 400, code = -32600, reason } = {}) => ({
   // the audit event's reason code
   reason: reason ?? (status === 413 ? 'body_too_large' : code === -32020 ? 'header_mismatch' : 'malformed_message'),
 });
+/** 405 from the policy layer: `Allow: GET, POST, DELETE`, no challenge, JSON-RPC error, id null. */
+const notAllowed = () => ({
+  ...unreadable({ status: 405, reason: 'method_not_allowed' }), allow: 'GET, POST, DELETE',
+});
 /** Let through to rmcp: whatever it answers, it is not 401/403 and carries no challenge. */
 const passes = () => ({ kind: 'passes' });
 /** 401 without `error`, with resource_metadata. */
@@ -256,6 +260,7 @@ function checkExpectation(stack, c, res) {
       assert.equal(res.status, e.status, what);
       assert.equal(res.wwwAuthenticate, null, `${what}: no challenge`);
       assertRpcError(res, { id: null, code: e.code }, c.name);
+      if (e.allow !== undefined) assert.equal(res.headers.get('allow'), e.allow, `${what}: Allow`);
       break;
     }
     case 'passes': {
@@ -327,6 +332,12 @@ const CASES = [
   { name: 'DELETE with a valid token', token: 'read', request: { method: 'DELETE', headers: { 'content-type': null } }, expect: passes() },
   { name: 'GET without a token → 401', token: null, request: { method: 'GET', headers: { accept: 'text/event-stream', 'content-type': null } }, expect: unauthenticated() },
   { name: 'DELETE without a token → 401', token: null, request: { method: 'DELETE', headers: { 'content-type': null } }, expect: unauthenticated() },
+
+  // --- other HTTP methods would reach the server unclassified: 405 whatever the body
+  { name: 'PUT with a tools/call body → 405', token: 'admin', request: { method: 'PUT', body: call(25, 'delete_note', { id: 1 }) }, expect: notAllowed() },
+  { name: 'PATCH with a tools/call body → 405', token: 'admin', request: { method: 'PATCH', body: call(26, 'add_note', { text: 'patched' }) }, expect: notAllowed() },
+  { name: 'PROPFIND (an extension method) → 405', token: 'read', request: { method: 'PROPFIND', body: msg(27, 'tools/list') }, expect: notAllowed() },
+  { name: 'PUT without a token → 401', token: null, request: { method: 'PUT', body: msg(28, 'tools/list') }, expect: unauthenticated() },
 
   // --- names are read exactly as the server reads them
   { name: '"add\\u005fnote" is add_note: notes:read → notes:write', token: 'read', request: { body: '{"jsonrpc":"2.0","id":31,"method":"tools/call","params":{"name":"add\\u005fnote","arguments":{"text":"escaped"}}}' }, expect: needsScope('notes:write', 31) },
@@ -441,7 +452,8 @@ describe(`policy layer: case table (stateless JSON, ${ALG})`, { timeout: SUITE_T
   auditLogTest(() => stack?.rs, {
     minimum: {
       allowedWithPrincipal: 20, stepUpTool: 5, insufficient_scope: 12, access_denied: 4,
-      missing_credentials: 2, malformed_message: 5, body_too_large: 2, header_mismatch: 4,
+      missing_credentials: 3, malformed_message: 5, body_too_large: 2, header_mismatch: 4,
+      method_not_allowed: 3,
     },
   });
 });
@@ -458,13 +470,16 @@ const names = (result, kind) => {
 
 /**
  * tools/list, prompts/list and resources/list as callers with various scopes, over
- * `session(tokenKey)` (which returns the mcpPost options to use).
+ * `session(tokenKey)` (which returns the mcpPost options to use); every listing response must
+ * have a content type matching `contentType`.
  */
-function listingTests(getStack, session) {
+function listingTests(getStack, session, { contentType = /^application\/json/ } = {}) {
   const list = async (tokenKey, method) => {
     const stack = getStack();
     const res = await mcpPost(stack.url, rpc(method), await session(tokenKey));
     assert.equal(res.status, 200, `${method} as ${tokenKey}: ${describeResponse(res)}`);
+    // The filtered response itself, not only the initialize, keeps the server's framing.
+    assert.match(res.headers.get('content-type') ?? '', contentType, `${method} as ${tokenKey}: content-type`);
     assert.ok(res.response, `${method} as ${tokenKey}: no JSON-RPC response in ${res.text}`);
     assert.equal(res.response.error, undefined, `${method}: ${JSON.stringify(res.response.error)}`);
     return res.response.result;
@@ -473,6 +488,17 @@ function listingTests(getStack, session) {
 
   it('tools/list for notes:read: whoami and list_notes only', async () => {
     assert.deepEqual(await toolNames('read'), ['list_notes', 'whoami']);
+  });
+  it('tools/list for notes:read: add_note and delete_note appear nowhere in the response bytes', async () => {
+    const stack = getStack();
+    const res = await mcpPost(stack.url, rpc('tools/list'), await session('read'));
+    assert.equal(res.status, 200, describeResponse(res));
+    assert.match(res.headers.get('content-type') ?? '', contentType, 'content-type of the filtered tools/list');
+    assert.ok(res.text.length > 0, 'a body was read');
+    for (const hidden of ['add_note', 'delete_note']) {
+      assert.ok(!res.text.includes(hidden), `${hidden} absent from the raw response: ${res.text.slice(0, 600)}`);
+    }
+    assert.deepEqual(names(res.response.result, 'tools'), ['list_notes', 'whoami']);
   });
   it('tools/list for notes:write: no delete_note', async () => {
     assert.deepEqual(await toolNames('write'), ['add_note', 'list_notes', 'whoami']);
@@ -544,7 +570,7 @@ describe(`policy layer: listing filter (stateless JSON, ${ALG})`, { timeout: SUI
   after(async () => {
     await stopStack(stack);
   });
-  listingTests(() => stack, async (tokenKey) => ({ token: stack.tokens[tokenKey], protocolVersion: PROTOCOL_VERSION }));
+  listingTests(() => stack, async (tokenKey) => ({ token: stack.tokens[tokenKey], protocolVersion: PROTOCOL_VERSION }), { contentType: /^application\/json/ });
   auditLogTest(() => stack?.rs, { minimum: { allowedWithPrincipal: 10 } });
 });
 
@@ -570,7 +596,7 @@ describe(`policy layer: --sessions (stateful, SSE, ${ALG})`, { timeout: SUITE_TI
         sessions.set(tokenKey, session);
       }
       return sessions.get(tokenKey);
-    });
+    }, { contentType: /^text\/event-stream/ });
   });
 
   describe('session binding', () => {
@@ -592,8 +618,8 @@ describe(`policy layer: --sessions (stateful, SSE, ${ALG})`, { timeout: SUITE_TI
       body: body === undefined ? undefined : JSON.stringify(body),
     });
 
-    const assertNotFound = (res, what) => {
-      expectAudit(res, { decision: 'deny', reason: 'session_not_owned', principal: true });
+    const assertNotFound = (res, what, reason = 'session_not_owned') => {
+      expectAudit(res, { decision: 'deny', reason, principal: true });
       assert.equal(res.status, 404, `${what}: ${describeResponse(res)}`);
       assert.equal(res.wwwAuthenticate, null, `${what}: no challenge`);
     };
@@ -656,9 +682,10 @@ describe(`policy layer: --sessions (stateful, SSE, ${ALG})`, { timeout: SUITE_TI
 
       const byA = await raw('DELETE', sessionA.token, sessionA.sessionId);
       assert.ok(byA.status >= 200 && byA.status < 300, `DELETE by A: ${describeResponse(byA)}`);
-      const gone = await mcpPost(stack.url, rpc('tools/list'), sessionA);
-      expectAudit(gone, { decision: 'allow', principal: true }); // rmcp's 404, not the layers'
-      assert.ok(gone.status >= 400 && ![401, 403].includes(gone.status), `A's deleted session is unusable: ${describeResponse(gone)}`);
+      // The binding ended with the session: the policy layer answers 404 itself.
+      const gone = await raw('POST', sessionA.token, sessionA.sessionId, msg(204, 'tools/list'));
+      assertNotFound(gone, "A's deleted session", 'unknown_session');
+      assertRpcError(gone, { id: null, code: -32600 }, "A's deleted session");
     });
 
     it("two Mcp-Session-Id headers (B's own, then A's) → 400, not routed", async () => {
@@ -706,6 +733,18 @@ describe(`policy layer: --sessions (stateful, SSE, ${ALG})`, { timeout: SUITE_TI
       assert.equal(parsed.error.code, -32600);
     });
 
+    it('a session id the layer never bound → 404 for every method, even an initialize', async () => {
+      const madeUp = `made-up-${Date.now()}`;
+      const post = await raw('POST', stack.tokens.admin, madeUp, call(205, 'whoami'));
+      assertNotFound(post, 'POST with a made-up id', 'unknown_session');
+      assertRpcError(post, { id: null, code: -32600 }, 'POST with a made-up id');
+      assertNotFound(await raw('GET', stack.tokens.admin, madeUp), 'GET with a made-up id', 'unknown_session');
+      assertNotFound(await raw('DELETE', stack.tokens.admin, madeUp), 'DELETE with a made-up id', 'unknown_session');
+      const init = await raw('POST', stack.tokens.admin, madeUp, { ...initializeRequest(), id: 206 });
+      assertNotFound(init, 'initialize presenting a made-up id', 'unknown_session');
+      assert.equal(init.headers.get('mcp-session-id'), null, 'no session id handed out');
+    });
+
     it('a request without a session id in stateful mode is not an authorization failure', async () => {
       const res = await mcpPost(stack.url, rpc('tools/list'), { token: stack.tokens.read, protocolVersion: PROTOCOL_VERSION });
       expectAudit(res, { decision: 'allow', principal: true }); // rmcp's answer, not the layers'
@@ -713,7 +752,7 @@ describe(`policy layer: --sessions (stateful, SSE, ${ALG})`, { timeout: SUITE_TI
     });
   });
 
-  auditLogTest(() => stack?.rs, { minimum: { allowedWithPrincipal: 10, session_not_owned: 6, stepUpTool: 1 } });
+  auditLogTest(() => stack?.rs, { minimum: { allowedWithPrincipal: 10, session_not_owned: 6, unknown_session: 5, stepUpTool: 1 } });
 });
 
 // ---------------------------------------------------------------------------
@@ -773,6 +812,11 @@ delete_note = ["notes:admin"]
     checkExpectation(stack, { name: 'resources/read as none', expect: needsScope('notes:read', 306) }, await send('none', msg(306, 'resources/read', { uri: 'notes://all' })));
     checkExpectation(stack, { name: 'resources/read as read', expect: allowed(307) }, await send('read', msg(307, 'resources/read', { uri: 'notes://all' })));
   });
+  it('the prefix pattern matches the raw URI: dot segments and encoded dots are denied outright', async () => {
+    for (const [id, uri] of [[310, 'notes://all/../secret'], [311, 'notes://x/%2e%2e/secret'], [312, 'notes://x/.%2E/secret'], [313, 'notes://x/./all']]) {
+      checkExpectation(stack, { name: `resources/read ${uri} as admin`, expect: denied(id) }, await send('admin', msg(id, 'resources/read', { uri })));
+    }
+  });
   it('a prompt absent from the file is denied outright', async () => {
     checkExpectation(stack, { name: 'prompts/get as admin', expect: denied(308) }, await send('admin', msg(308, 'prompts/get', { name: 'summarize_notes' })));
   });
@@ -787,5 +831,5 @@ delete_note = ["notes:admin"]
     assert.equal(res.status, 200, describeResponse(res));
   });
 
-  auditLogTest(() => stack?.rs, { minimum: { allowedWithPrincipal: 4, insufficient_scope: 4, access_denied: 1 } });
+  auditLogTest(() => stack?.rs, { minimum: { allowedWithPrincipal: 4, insufficient_scope: 4, access_denied: 5 } });
 });

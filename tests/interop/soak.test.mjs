@@ -8,8 +8,10 @@
 // growing. See README.md ("The soak test").
 //
 // Asserted:
-//   1. no 5xx but 503, and a 503 only with Retry-After; every answer has the status its
-//      kind of request must get (a 503 with Retry-After excepted);
+//   1. no 5xx at all, 503 included: the soak configures no 503 source (the replay store holds
+//      100 000 proofs, far more than 75 s of this load; audit overflow is Wait; the keys are
+//      up), so a 503 is a bug here like any 5xx; every answer has the status its kind of
+//      request must get;
 //   2. the server is alive afterwards and answers a whoami;
 //   3. its resident memory (VmRSS, sampled every second) stays under SOAK_RSS_LIMIT_MB and
 //      the RSS at the end is less than SOAK_RSS_GROWTH × the RSS at 1/3 of the run;
@@ -325,7 +327,8 @@ describe('soak: notes_server --dpop allowed under concurrent mixed load', { skip
     const statusClasses = {};
     const unexpected = []; // first few, with details
     let unexpectedCount = 0;
-    const fiveHundreds = { with503RetryAfter: 0, without503RetryAfter: 0, other5xx: 0 };
+    const fiveHundreds = {}; // status → count; must stay empty
+    const fiveHundredSamples = []; // first few, with the audit id and body
     const latencies = [];
     let oversizeInFlight = false;
     let lastOversize = 0;
@@ -524,12 +527,12 @@ describe('soak: notes_server --dpop allowed under concurrent mixed load', { skip
       outcomes[key] = (outcomes[key] ?? 0) + 1;
       const cls = res.status >= 500 ? String(res.status) : `${Math.floor(res.status / 100)}xx`;
       statusClasses[cls] = (statusClasses[cls] ?? 0) + 1;
-      if (res.status === 503) {
-        if (res.headers['retry-after'] !== undefined) fiveHundreds.with503RetryAfter += 1;
-        else fiveHundreds.without503RetryAfter += 1;
-        if (res.headers['retry-after'] !== undefined) return; // allowed: overload, said so
-      } else if (res.status >= 500) {
-        fiveHundreds.other5xx += 1;
+      if (res.status >= 500) {
+        // Never expected (503 included; see (1) above): counted, then judged as unexpected.
+        fiveHundreds[res.status] = (fiveHundreds[res.status] ?? 0) + 1;
+        if (fiveHundredSamples.length < 5) {
+          fiveHundredSamples.push(`${kind} (${res.audit.id}): ${res.status} retry-after=${res.headers['retry-after'] ?? '-'} body=${res.text.slice(0, 200)}`);
+        }
       }
       const problems = [];
       if (!spec.statuses.includes(res.status)) problems.push(`status ${res.status}, expected ${spec.statuses.join('/')}`);
@@ -641,9 +644,8 @@ describe('soak: notes_server --dpop allowed under concurrent mixed load', { skip
     const cpu = rssSamples.slice(1).map((s, i) => Math.round(s.cpu - rssSamples[i].cpu) / (s.t - rssSamples[i].t));
     t.diagnostic(`soak server CPU % ${cpu.map((c) => Math.round(c)).join(' ')}`);
 
-    // --- (1) no 5xx but 503 with Retry-After; every answer as expected
-    assert.equal(fiveHundreds.other5xx, 0, `5xx answers other than 503: ${JSON.stringify(outcomes)}`);
-    assert.equal(fiveHundreds.without503RetryAfter, 0, '503 answers without Retry-After');
+    // --- (1) no 5xx at all (503 included); every answer as expected
+    assert.deepEqual(fiveHundreds, {}, `5xx answers: ${JSON.stringify(fiveHundreds)}\n${fiveHundredSamples.join('\n')}\n${JSON.stringify(outcomes)}`);
     assert.equal(errors, 0, `transport errors (no answer): ${unexpected.join('\n')}`);
     assert.equal(unexpectedCount, 0, `${unexpectedCount} unexpected answers, e.g.\n${unexpected.join('\n')}`);
     // the mix really was mixed
