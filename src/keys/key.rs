@@ -103,6 +103,9 @@ impl fmt::Debug for VerificationKey {
 pub(crate) enum KeyLookupError {
     /// No key with that `kid` (or, without `kid`, not exactly one key for the algorithm).
     NotFound,
+    /// More than one key has that `kid` and the token's algorithm: the `kid` is ambiguous and
+    /// no key is chosen.
+    Ambiguous,
     /// A key with that `kid` exists but is bound to another algorithm.
     AlgorithmMismatch,
 }
@@ -155,8 +158,11 @@ impl KeySet {
         self.keys.is_empty()
     }
 
-    /// The key for a token header. With a `kid`, the first key with that id and this algorithm
-    /// (deterministic for duplicate ids); without one, the only key for this algorithm.
+    /// The key for a token header. With a `kid`, the only key with that id and this algorithm:
+    /// two or more such keys make the `kid` ambiguous and none is used (a key set publishing
+    /// one `kid` twice cannot say which key signed); keys sharing a `kid` under different
+    /// algorithms are told apart by the algorithm. Without a `kid`, the only key for this
+    /// algorithm.
     pub(crate) fn find(
         &self,
         kid: Option<&str>,
@@ -168,9 +174,12 @@ impl KeySet {
                 if same_kid.peek().is_none() {
                     return Err(KeyLookupError::NotFound);
                 }
-                same_kid
-                    .find(|k| k.alg == alg)
-                    .ok_or(KeyLookupError::AlgorithmMismatch)
+                let mut usable = same_kid.filter(|k| k.alg == alg);
+                match (usable.next(), usable.next()) {
+                    (Some(key), None) => Ok(key),
+                    (Some(_), Some(_)) => Err(KeyLookupError::Ambiguous),
+                    (None, _) => Err(KeyLookupError::AlgorithmMismatch),
+                }
             }
             None => {
                 let mut candidates = self.keys.iter().filter(|k| k.alg == alg);
@@ -295,6 +304,15 @@ fn push_json_string(out: &mut String, value: &str) {
     }
 }
 
+/// The bit length of a big-endian unsigned integer (leading zero bytes and bits not counted).
+fn modulus_bits(n: &[u8]) -> usize {
+    let significant = n.iter().position(|&b| b != 0).map_or(&[][..], |i| &n[i..]);
+    match significant.first() {
+        Some(top) => (significant.len() - 1) * 8 + (8 - top.leading_zeros() as usize),
+        None => 0,
+    }
+}
+
 fn invalid(reason: &'static str) -> KeyError {
     KeyError::InvalidJwk { reason }
 }
@@ -392,7 +410,7 @@ impl Jwk {
                 if n.first() == Some(&0) || e.first() == Some(&0) || e.is_empty() {
                     return Err(invalid("RSA members are not minimal big-endian integers"));
                 }
-                if n.len() * 8 < MIN_RSA_BITS {
+                if modulus_bits(&n) < MIN_RSA_BITS {
                     return Err(invalid("RSA modulus shorter than 2048 bits"));
                 }
                 // Without `alg`, an RSA key is bound to RS256 (the JOSE default), never to the
@@ -476,6 +494,103 @@ mod tests {
         assert!(VerificationKey::from_jwk_json(&short_x).is_err());
         let small_rsa = r#"{"kty":"RSA","n":"AQAB","e":"AQAB"}"#;
         assert!(VerificationKey::from_jwk_json(small_rsa).is_err());
+    }
+
+    /// A modulus of exactly `bits` bits: top bit set, 256 bytes long for 2041..=2048 bits.
+    fn rsa_jwk(bits: usize) -> String {
+        let len = bits.div_ceil(8);
+        let mut n = vec![0xA5u8; len];
+        n[0] = 1u8 << ((bits - 1) % 8);
+        n[len - 1] |= 1; // odd, as a real modulus
+        format!(
+            r#"{{"kty":"RSA","alg":"RS256","n":"{}","e":"AQAB"}}"#,
+            URL_SAFE_NO_PAD.encode(&n)
+        )
+    }
+
+    #[test]
+    fn rsa_modulus_bits_are_counted_not_bytes() {
+        assert_eq!(modulus_bits(&[]), 0);
+        assert_eq!(modulus_bits(&[0, 0]), 0);
+        assert_eq!(modulus_bits(&[1]), 1);
+        assert_eq!(modulus_bits(&[0, 0x80, 0]), 16);
+        assert_eq!(modulus_bits(&[0x7F, 0xFF]), 15);
+        for bits in [2041, 2044, 2047] {
+            let jwk = rsa_jwk(bits);
+            let n = URL_SAFE_NO_PAD
+                .decode(
+                    serde_json::from_str::<serde_json::Value>(&jwk).unwrap()["n"]
+                        .as_str()
+                        .unwrap(),
+                )
+                .unwrap();
+            assert_eq!(n.len(), 256, "{bits} bits still take 256 bytes");
+            assert_eq!(modulus_bits(&n), bits);
+            assert_eq!(
+                VerificationKey::from_jwk_json(&jwk).unwrap_err(),
+                KeyError::InvalidJwk {
+                    reason: "RSA modulus shorter than 2048 bits"
+                },
+                "{bits}-bit modulus"
+            );
+            let doc = format!(r#"{{"keys":[{jwk}]}}"#);
+            assert!(
+                KeySet::from_jwks_json(doc.as_bytes()).unwrap().is_empty(),
+                "{bits}"
+            );
+        }
+        for bits in [2048, 3072, 4096] {
+            let key = VerificationKey::from_jwk_json(&rsa_jwk(bits))
+                .unwrap_or_else(|e| panic!("{bits}-bit modulus: {e}"));
+            assert_eq!(key.algorithm(), SigningAlgorithm::RS256);
+        }
+    }
+
+    #[test]
+    fn duplicate_kid_with_two_usable_keys_is_ambiguous() {
+        const OTHER_X: &str = "l8tFrhx-34tV3hRICRDY9zCkDlpBhF42UQUfWVAWBFs";
+        const OTHER_Y: &str = "9VE4jf_Ok_o64zbTTlcuNJajHmt6v9TDVrU0CdvGRDA";
+        let other =
+            format!(r#"{{"kty":"EC","crv":"P-256","kid":"dup","x":"{OTHER_X}","y":"{OTHER_Y}"}}"#);
+        // Same kid, same algorithm, two different keys: in either order, neither is used.
+        for doc in [
+            format!(r#"{{"keys":[{},{other}]}}"#, ec(r#","kid":"dup""#)),
+            format!(r#"{{"keys":[{other},{}]}}"#, ec(r#","kid":"dup""#)),
+        ] {
+            let set = KeySet::from_jwks_json(doc.as_bytes()).unwrap();
+            assert_eq!(set.keys().len(), 2);
+            assert_eq!(
+                set.find(Some("dup"), SigningAlgorithm::ES256).unwrap_err(),
+                KeyLookupError::Ambiguous
+            );
+        }
+        // A duplicate that is unusable (`use: enc`) is dropped at parse time: no ambiguity.
+        let doc = format!(
+            r#"{{"keys":[{},{}]}}"#,
+            ec(r#","kid":"dup""#),
+            other.replace(r#""kid":"dup""#, r#""kid":"dup","use":"enc""#)
+        );
+        let set = KeySet::from_jwks_json(doc.as_bytes()).unwrap();
+        assert!(set.find(Some("dup"), SigningAlgorithm::ES256).is_ok());
+        // Same kid under two algorithms: the token's algorithm picks one.
+        let doc = format!(
+            r#"{{"keys":[{},{}]}}"#,
+            ec(r#","kid":"dup""#),
+            rsa_jwk(2048).replace(r#""kty":"RSA""#, r#""kty":"RSA","kid":"dup""#)
+        );
+        let set = KeySet::from_jwks_json(doc.as_bytes()).unwrap();
+        assert_eq!(
+            set.find(Some("dup"), SigningAlgorithm::ES256)
+                .unwrap()
+                .algorithm(),
+            SigningAlgorithm::ES256
+        );
+        assert_eq!(
+            set.find(Some("dup"), SigningAlgorithm::RS256)
+                .unwrap()
+                .algorithm(),
+            SigningAlgorithm::RS256
+        );
     }
 
     #[test]

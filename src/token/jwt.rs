@@ -238,6 +238,9 @@ impl JwtVerifier {
                 return Err(AuthErrorKind::AlgorithmNotAllowed.into());
             }
             Err(KeyLookupError::NotFound) => return Err(AuthErrorKind::UnknownKey.into()),
+            Err(KeyLookupError::Ambiguous) => {
+                return Err(AuthError::new(AuthErrorKind::UnknownKey).with_detail("ambiguous kid"));
+            }
         };
         let verifier = (provider().verifier_factory)(&parsed.alg.to_jwt(), key.decoding_key())
             .map_err(|_| AuthError::new(AuthErrorKind::InvalidSignature))?;
@@ -284,8 +287,11 @@ async fn keys_for(
             .await
             .map_err(unavailable)?,
     };
-    if matches!(keys.find(kid, alg), Err(KeyLookupError::NotFound)) {
-        // A rotation may have added the key. The source rate-limits this; if it cannot fetch,
+    if matches!(
+        keys.find(kid, alg),
+        Err(KeyLookupError::NotFound | KeyLookupError::Ambiguous)
+    ) {
+        // A rotation may have added the key (or removed a duplicate). The source rate-limits this; if it cannot fetch,
         // the token is simply not signed by a key we know.
         if let Ok(fresh) = trusted
             .keys
