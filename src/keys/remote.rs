@@ -145,6 +145,13 @@ impl RemoteJwks {
             (Some(set), Some(exp)) if now <= exp + self.options.max_stale => {
                 if now >= exp {
                     self.counters.stale_serves.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(
+                        target: "tower_mcp_auth::keys",
+                        url = %self.url,
+                        expired_secs_ago = (now - exp).as_secs(),
+                        max_stale_secs = self.options.max_stale.as_secs(),
+                        "serving an expired JWKS: no fresh keys could be fetched"
+                    );
                 }
                 Some(set.clone())
             }
@@ -176,6 +183,14 @@ impl RemoteJwks {
             .map(|age| age.clamp(options.min_ttl, options.max_ttl))
             .unwrap_or(options.default_ttl);
         Ok((Arc::new(set), ttl))
+    }
+}
+
+/// The reason without the token's `kid` (client input stays out of logs).
+fn reason_name(reason: RefreshReason<'_>) -> &'static str {
+    match reason {
+        RefreshReason::Expired => "expired",
+        RefreshReason::UnknownKey { .. } => "unknown_key",
     }
 }
 
@@ -220,6 +235,12 @@ impl KeySource for RemoteJwks {
                     {
                         drop(state);
                         self.counters.cooldown_skips.fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!(
+                            target: "tower_mcp_auth::keys",
+                            url = %self.url,
+                            reason = reason_name(reason),
+                            "JWKS refresh skipped: cooling down since the last fetch"
+                        );
                         return self.usable_stale(now).ok_or_else(|| {
                             KeyError::Unavailable("JWKS unavailable (refresh cooling down)".into())
                         });
@@ -243,6 +264,15 @@ impl KeySource for RemoteJwks {
                 if let Ok((set, ttl)) = &result {
                     state.set = Some(set.clone());
                     state.expires_at = Some(Instant::now() + *ttl);
+                    // Once per fetch (by the caller that stores it), not once per joined caller.
+                    tracing::debug!(
+                        target: "tower_mcp_auth::keys",
+                        url = %self.url,
+                        reason = reason_name(reason),
+                        keys = set.keys().len(),
+                        ttl_secs = ttl.as_secs(),
+                        "JWKS refreshed"
+                    );
                 }
             }
         }
@@ -253,7 +283,7 @@ impl KeySource for RemoteJwks {
                 tracing::warn!(
                     target: "tower_mcp_auth::keys",
                     url = %self.url,
-                    ?reason,
+                    reason = reason_name(reason),
                     error = %err,
                     "JWKS refresh failed; keeping the last good keys if any"
                 );
@@ -342,6 +372,101 @@ mod tests {
         assert!(jwks.refresh(RefreshReason::Expired).await.is_err());
         assert_eq!(mock.calls.load(Ordering::SeqCst), 1, "cooldown applies");
         assert!(jwks.current().is_none());
+    }
+
+    /// Captures formatted events of the current thread.
+    #[derive(Clone, Default)]
+    struct Capture(Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Capture {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Capture {
+        type Writer = Capture;
+        fn make_writer(&'a self) -> Capture {
+            self.clone()
+        }
+    }
+
+    #[tokio::test]
+    async fn stats_and_events_for_refresh_failure_stale_serve_and_cooldown() {
+        let capture = Capture::default();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::DEBUG)
+            .with_ansi(false)
+            .with_writer(capture.clone())
+            .finish();
+        let _guard = tracing::subscriber::set_default(subscriber);
+
+        let mock = Arc::new(Mock {
+            calls: AtomicUsize::new(0),
+            body: std::sync::Mutex::new(Ok(JWKS)),
+        });
+        let options = RemoteJwksOptions {
+            min_ttl: Duration::from_millis(100),
+            max_ttl: Duration::from_millis(100),
+            cooldown: Duration::from_millis(100),
+            max_stale: Duration::from_secs(60),
+            ..RemoteJwksOptions::default()
+        };
+        let jwks = RemoteJwks::with_options(
+            "https://as.example/jwks".parse().unwrap(),
+            mock.clone(),
+            options,
+        );
+        let stats = |fetches, failures, stale_serves, cooldown_skips| KeySourceStats {
+            fetches,
+            failures,
+            stale_serves,
+            cooldown_skips,
+        };
+        assert_eq!(jwks.stats(), stats(0, 0, 0, 0));
+
+        // A successful refresh.
+        jwks.refresh(RefreshReason::Expired).await.unwrap();
+        assert_eq!(jwks.stats(), stats(1, 0, 0, 0));
+
+        // Expired and the cooldown over, the key server fails: a failure, and a stale serve.
+        *mock.body.lock().unwrap() = Err(());
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        assert!(jwks.current().is_none(), "expired");
+        let set = jwks.refresh(RefreshReason::Expired).await.unwrap();
+        assert_eq!(set.keys().len(), 1, "the last good keys");
+        assert_eq!(jwks.stats(), stats(2, 1, 1, 0));
+
+        // Right after: cooling down, served stale again, no fetch.
+        jwks.refresh(RefreshReason::UnknownKey {
+            kid: Some("secret-looking-kid"),
+        })
+        .await
+        .unwrap();
+        assert_eq!(jwks.stats(), stats(2, 1, 2, 1));
+        assert_eq!(mock.calls.load(Ordering::SeqCst), 2);
+
+        let logs = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
+        for (level, message) in [
+            ("DEBUG", "JWKS refreshed"),
+            ("WARN", "JWKS refresh failed"),
+            ("WARN", "serving an expired JWKS"),
+            ("DEBUG", "JWKS refresh skipped: cooling down"),
+        ] {
+            assert!(
+                logs.lines()
+                    .any(|l| l.contains(level) && l.contains(message)),
+                "{level} {message:?} in {logs}"
+            );
+        }
+        // Never key material, nor the token's kid.
+        for secret in ["f83OJ3D2xF1Bg8vub9", "x_FEzRu9m36HLN", "secret-looking-kid"] {
+            assert!(!logs.contains(secret), "{secret} in {logs}");
+        }
     }
 
     #[test]
