@@ -80,8 +80,11 @@ pub struct McpAuthConfig {
 #[serde(deny_unknown_fields)]
 #[non_exhaustive]
 pub struct IntrospectionConfig {
-    /// The introspection endpoint URL.
-    pub endpoint: String,
+    /// The introspection endpoint URL. Without it, the `introspection_endpoint` of the issuer
+    /// metadata is used: that of `issuer` (or of the only issuer) configured with
+    /// `discover = true`, found by the same discovery and exact-issuer rule as its keys.
+    #[serde(default)]
+    pub endpoint: Option<String>,
     /// The resource server's client id at the authorization server.
     pub client_id: String,
     /// Its client secret.
@@ -90,12 +93,19 @@ pub struct IntrospectionConfig {
     /// in code with [`ClientAuth::PrivateKeyJwt`](crate::token::ClientAuth::PrivateKeyJwt).
     #[serde(default = "default_auth_method")]
     pub auth_method: String,
-    /// The expected `iss` of introspection responses, if they carry one.
+    /// The issuer whose tokens are introspected: every response must carry this `iss`
+    /// exactly (a response without `iss` is refused). Defaults to the discovered issuer when
+    /// `endpoint` is omitted; otherwise unset means `iss` is not checked.
     #[serde(default)]
     pub issuer: Option<String>,
     /// Longest an introspection verdict is cached, in seconds (default 60; never past `exp`).
     #[serde(default = "default_introspection_ttl")]
     pub cache_max_ttl_secs: u64,
+    /// Which of `sub`, `client_id`, `iat`, `jti` responses must carry; default:
+    /// `[token] required_claims` (all four unless relaxed). RFC 7662 makes them optional:
+    /// relax this for an authorization server that omits them.
+    #[serde(default)]
+    pub required_claims: Option<RequiredClaims>,
 }
 
 fn default_auth_method() -> String {
@@ -114,13 +124,27 @@ impl IntrospectionConfig {
         client_secret: impl Into<String>,
     ) -> Self {
         Self {
-            endpoint: endpoint.into(),
+            endpoint: Some(endpoint.into()),
             client_id: client_id.into(),
             client_secret: client_secret.into(),
             auth_method: default_auth_method(),
             issuer: None,
             cache_max_ttl_secs: default_introspection_ttl(),
+            required_claims: None,
         }
+    }
+
+    /// Introspection at the `introspection_endpoint` discovered from the metadata of `issuer`,
+    /// which must be configured with `discover = true`.
+    pub fn discovered(
+        issuer: impl Into<String>,
+        client_id: impl Into<String>,
+        client_secret: impl Into<String>,
+    ) -> Self {
+        let mut config = Self::new("", client_id, client_secret);
+        config.endpoint = None;
+        config.issuer = Some(issuer.into());
+        config
     }
 }
 
@@ -133,6 +157,7 @@ impl std::fmt::Debug for IntrospectionConfig {
             .field("auth_method", &self.auth_method)
             .field("issuer", &self.issuer)
             .field("cache_max_ttl_secs", &self.cache_max_ttl_secs)
+            .field("required_claims", &self.required_claims)
             .finish_non_exhaustive()
     }
 }
@@ -200,6 +225,77 @@ pub struct IssuerConfig {
     /// Claims this issuer's tokens must carry; default: `[token] required_claims`.
     #[serde(default)]
     pub required_claims: Option<RequiredClaims>,
+    /// Refresh policy of a remote key set (`jwks_uri` or `discover`); unset members keep
+    /// their defaults.
+    #[serde(default)]
+    pub jwks_refresh: Option<JwksRefreshConfig>,
+}
+
+/// `[issuers.jwks_refresh]`: how a remote key set is refreshed, in seconds (see
+/// [`RemoteJwksOptions`](crate::keys::RemoteJwksOptions)). Validated at build time: every value
+/// but `max_stale_secs` is non-zero, and `min_ttl_secs <= max_ttl_secs`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct JwksRefreshConfig {
+    /// TTL of a set fetched without `Cache-Control: max-age` (default 300).
+    pub default_ttl_secs: Option<u64>,
+    /// Floor applied to `max-age` (default 60).
+    pub min_ttl_secs: Option<u64>,
+    /// Ceiling applied to `max-age` (default 86 400).
+    pub max_ttl_secs: Option<u64>,
+    /// At most one fetch (key set or issuer metadata) per this interval (default 30).
+    pub cooldown_secs: Option<u64>,
+    /// How long past its expiry a set still serves while fetches fail (default 3 600; 0: never
+    /// serve an expired set).
+    pub max_stale_secs: Option<u64>,
+    /// Bound on one fetch, on top of the HTTP client's own timeout (default 10).
+    pub timeout_secs: Option<u64>,
+}
+
+impl JwksRefreshConfig {
+    /// The options these settings give, over the defaults; `Err` names what is wrong.
+    pub fn to_options(&self) -> Result<crate::keys::RemoteJwksOptions, &'static str> {
+        use std::time::Duration;
+        let mut options = crate::keys::RemoteJwksOptions::default();
+        let secs = |value: Option<u64>, default: Duration, name: &'static str| match value {
+            Some(0) => Err(name),
+            Some(v) => Ok(Duration::from_secs(v)),
+            None => Ok(default),
+        };
+        options.default_ttl = secs(
+            self.default_ttl_secs,
+            options.default_ttl,
+            "jwks_refresh.default_ttl_secs must not be 0",
+        )?;
+        options.min_ttl = secs(
+            self.min_ttl_secs,
+            options.min_ttl,
+            "jwks_refresh.min_ttl_secs must not be 0",
+        )?;
+        options.max_ttl = secs(
+            self.max_ttl_secs,
+            options.max_ttl,
+            "jwks_refresh.max_ttl_secs must not be 0",
+        )?;
+        options.cooldown = secs(
+            self.cooldown_secs,
+            options.cooldown,
+            "jwks_refresh.cooldown_secs must not be 0",
+        )?;
+        options.fetch_timeout = secs(
+            self.timeout_secs,
+            options.fetch_timeout,
+            "jwks_refresh.timeout_secs must not be 0",
+        )?;
+        if let Some(stale) = self.max_stale_secs {
+            options.max_stale = Duration::from_secs(stale);
+        }
+        if options.min_ttl > options.max_ttl {
+            return Err("jwks_refresh.min_ttl_secs must not exceed max_ttl_secs");
+        }
+        Ok(options)
+    }
 }
 
 impl IssuerConfig {
@@ -214,7 +310,14 @@ impl IssuerConfig {
             algorithms: None,
             discover: false,
             required_claims: None,
+            jwks_refresh: None,
         }
+    }
+
+    /// The refresh policy of a remote key set (`jwks_uri` or `discover`).
+    pub fn jwks_refresh(mut self, refresh: JwksRefreshConfig) -> Self {
+        self.jwks_refresh = Some(refresh);
+        self
     }
 
     /// Keys from the `jwks_uri` found by issuer metadata discovery.
@@ -386,6 +489,17 @@ pub enum ConfigError {
     /// The `[dpop]` section is unusable.
     #[error("invalid DPoP configuration: {0}")]
     Dpop(#[from] DpopConfigError),
+    /// An issuer's `[issuers.jwks_refresh]` is unusable, or set for static keys.
+    #[error("issuer {issuer:?}: {reason}")]
+    InvalidJwksRefresh {
+        /// The issuer.
+        issuer: String,
+        /// What is wrong.
+        reason: &'static str,
+    },
+    /// The `[introspection]` section is unusable.
+    #[error("invalid introspection configuration: {0}")]
+    Introspection(&'static str),
     /// A remote key set needs an HTTP client and none is available.
     #[error(
         "issuer {0:?} uses jwks_uri but no HTTP client is available: enable the `reqwest` feature or call McpAuthBuilder::http_client"

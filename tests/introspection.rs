@@ -40,7 +40,9 @@ use tower_mcp_auth::config::IntrospectionConfig;
 use tower_mcp_auth::http_client::ReqwestHttpClient;
 use tower_mcp_auth::policy::{Decision, PolicyRequest};
 use tower_mcp_auth::testing::DevIssuer;
-use tower_mcp_auth::token::{ClientAuth, InMemoryRevocationList, IntrospectionVerifier};
+use tower_mcp_auth::token::{
+    ClientAuth, InMemoryRevocationList, IntrospectionVerifier, RequiredClaims,
+};
 use tower_mcp_auth::{
     AuthError, AuthErrorKind, ConfigError, McpAuth, McpAuthConfig, Principal, SigningAlgorithm,
 };
@@ -373,6 +375,7 @@ fn stack(
 struct Answer {
     status: StatusCode,
     kind: Option<AuthErrorKind>,
+    detail: Option<&'static str>,
     headers: HeaderMap,
     principal: Option<Principal>,
 }
@@ -396,6 +399,10 @@ async fn send(auth: &McpAuth, token: &str) -> Answer {
             .extensions()
             .get::<AuthError>()
             .map(AuthError::kind),
+        detail: response
+            .extensions()
+            .get::<AuthError>()
+            .and_then(AuthError::detail),
         headers: response.headers().clone(),
         principal,
     }
@@ -712,15 +719,29 @@ async fn endpoint_failures_are_503_and_never_an_acceptance() {
         );
     }
     stub.force_status(None);
-    // A 200 that is not JSON, or not an object: refused, not accepted.
-    for raw in ["<html>oops</html>", "[]", "null", r#"{"active":true"#] {
+    // A 200 that is not JSON, or not a JSON object: the endpoint misbehaves, so 503 with
+    // Retry-After (fail closed, honestly), never a 401 verdict on the token nor an acceptance.
+    for raw in [
+        "<html>oops</html>",
+        "",
+        "[]",
+        "null",
+        "true",
+        r#""active""#,
+        "42",
+        r#"{"active":true"#,
+        r#"[{"active":true}]"#,
+    ] {
         stub.force_raw(Some(raw.to_owned()));
-        let answer = send(&auth, &token).await;
-        assert_invalid_token(
-            &answer,
-            AuthErrorKind::InvalidClaim,
-            &format!("200 with {raw:?}"),
+        let calls = stub.calls();
+        assert_unavailable(&send(&auth, &token).await, &format!("200 with {raw:?}"));
+        assert_eq!(stub.calls(), calls + 1, "{raw:?}: the endpoint was asked");
+        // Not cached either: the next request asks again.
+        assert_unavailable(
+            &send(&auth, &token).await,
+            &format!("200 with {raw:?} again"),
         );
+        assert_eq!(stub.calls(), calls + 2, "{raw:?}: a failure is not cached");
     }
     // A response over the client's 512 KiB limit.
     let big = format!(r#"{{"active":true,"pad":"{}"}}"#, "x".repeat(600 * 1024));
@@ -1087,4 +1108,351 @@ async fn the_configured_leeway_applies_to_introspected_exp() {
         AuthErrorKind::Expired,
         "opaque, leeway 0",
     );
+}
+
+/// Claims the crate requires of JWTs are required of introspection responses too (RFC 7662
+/// makes them optional): `iss` whenever an issuer is configured, and `sub`, `client_id`, `iat`,
+/// `jti` per [`RequiredClaims`] (default all). Each refusal: 401 `invalid_token`, the exact
+/// kind and the missing claim's name as the detail.
+#[tokio::test]
+async fn required_claims_of_introspection_responses() {
+    let dev = DevIssuer::new(ISSUER);
+    let (expect, auth_method) = basic();
+    let stub = Stub::start(expect).await;
+    let strict = stack(
+        &dev,
+        IntrospectionVerifier::new(stub.url.clone(), auth_method.clone(), RESOURCE, client())
+            .issuer(ISSUER),
+        None,
+    );
+    use AuthErrorKind::*;
+    let base = active("rq");
+    let now = now();
+    let cases: Vec<(&str, Value, AuthErrorKind, Option<&str>)> = vec![
+        (
+            "iss missing",
+            with(base.clone(), json!({"iss": null})),
+            MissingClaim,
+            Some("iss"),
+        ),
+        (
+            "iss another issuer",
+            with(base.clone(), json!({"iss": "https://as.example.com/"})),
+            UntrustedIssuer,
+            None,
+        ),
+        (
+            "iss a number",
+            with(base.clone(), json!({"iss": 7})),
+            InvalidClaim,
+            None,
+        ),
+        (
+            "sub missing",
+            with(base.clone(), json!({"sub": null})),
+            MissingClaim,
+            Some("sub"),
+        ),
+        (
+            "client_id missing",
+            with(base.clone(), json!({"client_id": null})),
+            MissingClaim,
+            Some("client_id"),
+        ),
+        (
+            "iat missing",
+            with(base.clone(), json!({"iat": null})),
+            MissingClaim,
+            Some("iat"),
+        ),
+        (
+            "jti missing",
+            with(base.clone(), json!({"jti": null})),
+            MissingClaim,
+            Some("jti"),
+        ),
+        (
+            "iat ahead beyond the leeway",
+            with(base.clone(), json!({"iat": now + 300})),
+            IssuedInFuture,
+            None,
+        ),
+    ];
+    for (what, response, kind, detail) in &cases {
+        let token = opaque_token();
+        stub.answer(&token, response.clone());
+        let answer = send(&strict, &token).await;
+        assert_invalid_token(&answer, *kind, what);
+        assert_eq!(answer.detail, *detail, "{what}: detail");
+    }
+
+    // Without a configured issuer, `iss` may be absent (and is then not checked).
+    let no_issuer = stack(
+        &dev,
+        IntrospectionVerifier::new(stub.url.clone(), auth_method.clone(), RESOURCE, client()),
+        None,
+    );
+    let token = opaque_token();
+    stub.answer(&token, with(base.clone(), json!({"iss": null})));
+    let answer = send(&no_issuer, &token).await;
+    assert_eq!(
+        answer.status,
+        StatusCode::OK,
+        "no issuer configured: {answer:?}"
+    );
+
+    // Relaxed: a minimal RFC 7662 response (active, aud, exp) is accepted; `iss` still required
+    // because an issuer is configured.
+    let mut none_required = RequiredClaims::default();
+    none_required.sub = false;
+    none_required.client_id = false;
+    none_required.iat = false;
+    none_required.jti = false;
+    let relaxed = stack(
+        &dev,
+        IntrospectionVerifier::new(stub.url.clone(), auth_method, RESOURCE, client())
+            .issuer(ISSUER)
+            .required_claims(none_required),
+        None,
+    );
+    let minimal = json!({"active": true, "aud": RESOURCE, "exp": now + 300});
+    let token = opaque_token();
+    stub.answer(&token, with(minimal.clone(), json!({"iss": ISSUER})));
+    let answer = send(&relaxed, &token).await;
+    assert_eq!(answer.status, StatusCode::OK, "relaxed: {answer:?}");
+    let p = answer.principal.unwrap();
+    assert_eq!(p.subject(), "");
+    assert_eq!(p.client_id(), None);
+    let token = opaque_token();
+    stub.answer(&token, minimal);
+    let answer = send(&relaxed, &token).await;
+    assert_invalid_token(&answer, MissingClaim, "relaxed, iss missing");
+    assert_eq!(answer.detail, Some("iss"));
+}
+
+/// `[introspection] required_claims` relaxes the rules from the configuration; by default the
+/// `[token] required_claims` apply to introspection too.
+#[tokio::test]
+async fn required_claims_from_the_configuration() {
+    let (expect, _) = basic();
+    let stub = Stub::start(expect).await;
+    let build = |introspection_extra: &str, token_extra: &str| {
+        let toml = format!(
+            r#"
+            resource = "{RESOURCE}"
+            [token]
+            {token_extra}
+            [introspection]
+            endpoint = "{}"
+            client_id = "{CLIENT_ID}"
+            client_secret = {:?}
+            issuer = "{ISSUER}"
+            {introspection_extra}
+            "#,
+            stub.url, CLIENT_SECRET
+        );
+        let config = tower_mcp_auth::McpAuthConfig::from_toml_str(&toml).unwrap();
+        McpAuth::builder()
+            .config(config)
+            .policy(|_: &PolicyRequest<'_>| Decision::Allow)
+            .build()
+            .unwrap()
+    };
+    let no_sub = with(active("cfg-rq"), json!({"sub": null, "client_id": null}));
+    let cases = [
+        ("defaults", "", "", false),
+        (
+            "[introspection] relaxed",
+            "required_claims = { sub = false, client_id = false }",
+            "",
+            true,
+        ),
+        (
+            "[token] relaxed applies to introspection",
+            "",
+            "required_claims = { sub = false, client_id = false }",
+            true,
+        ),
+        (
+            "[introspection] stricter than [token]",
+            "required_claims = { sub = true, client_id = true }",
+            "required_claims = { sub = false, client_id = false }",
+            false,
+        ),
+    ];
+    for (what, introspection_extra, token_extra, accepted) in cases {
+        let auth = build(introspection_extra, token_extra);
+        let token = opaque_token();
+        stub.answer(&token, no_sub.clone());
+        let answer = send(&auth, &token).await;
+        if accepted {
+            assert_eq!(answer.status, StatusCode::OK, "{what}: {answer:?}");
+        } else {
+            assert_invalid_token(&answer, AuthErrorKind::MissingClaim, what);
+            assert_eq!(answer.detail, Some("sub"), "{what}");
+        }
+    }
+}
+
+/// An authorization server metadata document at the RFC 8414 location of
+/// `http://127.0.0.1:port`, counting requests.
+async fn metadata_server(document: Arc<Mutex<Value>>) -> (String, Arc<AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let hits = Arc::new(AtomicUsize::new(0));
+    let counter = hits.clone();
+    let app = Router::new().route(
+        "/.well-known/oauth-authorization-server",
+        axum::routing::get(move || {
+            let document = document.clone();
+            let counter = counter.clone();
+            async move {
+                counter.fetch_add(1, Ordering::SeqCst);
+                let body = document.lock().unwrap().to_string();
+                json_response(StatusCode::OK, body)
+            }
+        }),
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (format!("http://{addr}"), hits)
+}
+
+/// `[introspection]` without `endpoint`: the discovered issuer's `introspection_endpoint` is
+/// used (and its `iss` enforced); a document naming another issuer is never used.
+#[tokio::test]
+async fn introspection_endpoint_from_discovered_metadata() {
+    let (expect, _) = basic();
+    let stub = Stub::start(expect).await;
+    let document = Arc::new(Mutex::new(Value::Null));
+    let (issuer, metadata_hits) = metadata_server(document.clone()).await;
+    *document.lock().unwrap() = json!({
+        "issuer": issuer,
+        "introspection_endpoint": stub.url.as_str(),
+    });
+    let toml = |extra: &str| {
+        format!(
+            r#"
+            resource = "{RESOURCE}"
+            [[issuers]]
+            issuer = "{issuer}"
+            discover = true
+            [introspection]
+            client_id = "{CLIENT_ID}"
+            client_secret = {CLIENT_SECRET:?}
+            {extra}
+            "#
+        )
+    };
+    let build = |toml: String| {
+        McpAuth::builder()
+            .config(tower_mcp_auth::McpAuthConfig::from_toml_str(&toml).unwrap())
+            .policy(|_: &PolicyRequest<'_>| Decision::Allow)
+            .build()
+    };
+    // The only discovered issuer, or named explicitly.
+    for extra in ["", &format!("issuer = \"{issuer}\"")] {
+        let auth = build(toml(extra)).unwrap();
+        let token = opaque_token();
+        stub.answer(&token, with(active("disc-1"), json!({"iss": issuer})));
+        let answer = send(&auth, &token).await;
+        assert_eq!(answer.status, StatusCode::OK, "{extra:?}: {answer:?}");
+        assert_eq!(answer.principal.unwrap().issuer(), issuer);
+        // The discovered issuer is required in responses.
+        for (what, response, kind) in [
+            (
+                "iss missing",
+                json!({"iss": null}),
+                AuthErrorKind::MissingClaim,
+            ),
+            (
+                "iss another",
+                json!({"iss": "https://as.example.com"}),
+                AuthErrorKind::UntrustedIssuer,
+            ),
+        ] {
+            let token = opaque_token();
+            stub.answer(&token, with(active("disc-2"), response));
+            assert_invalid_token(&send(&auth, &token).await, kind, what);
+        }
+    }
+    assert_eq!(metadata_hits.load(Ordering::SeqCst), 2, "once per stack");
+
+    // A document for another issuer: never used, so the endpoint is never called (503).
+    *document.lock().unwrap() = json!({
+        "issuer": format!("{issuer}/"),
+        "introspection_endpoint": stub.url.as_str(),
+    });
+    let calls = stub.calls();
+    let auth = build(toml("")).unwrap();
+    assert_unavailable(
+        &send(&auth, &opaque_token()).await,
+        "metadata of another issuer",
+    );
+    // Metadata without an introspection endpoint: 503 too.
+    *document.lock().unwrap() = json!({ "issuer": issuer });
+    let auth = build(toml("")).unwrap();
+    assert_unavailable(
+        &send(&auth, &opaque_token()).await,
+        "no introspection_endpoint",
+    );
+    assert_eq!(stub.calls(), calls, "the endpoint was not called");
+
+    // An explicit endpoint wins over discovery; no endpoint and no discovered issuer to take
+    // one from is a configuration error.
+    let explicit = build(toml(&format!("endpoint = \"{}\"", stub.url))).unwrap();
+    let token = opaque_token();
+    stub.answer(&token, active("disc-3"));
+    assert_eq!(send(&explicit, &token).await.status, StatusCode::OK);
+    let err = build(toml("issuer = \"https://as.example.com\"")).unwrap_err();
+    assert!(
+        matches!(err, tower_mcp_auth::ConfigError::Introspection(_)),
+        "{err:?}"
+    );
+    let no_discovery = format!(
+        r#"
+        resource = "{RESOURCE}"
+        [introspection]
+        client_id = "{CLIENT_ID}"
+        client_secret = "x"
+        "#
+    );
+    assert!(matches!(
+        build(no_discovery).unwrap_err(),
+        tower_mcp_auth::ConfigError::Introspection(_)
+    ));
+}
+
+/// `McpAuth::introspection_cache_stats` counts hits and misses of introspection verdicts.
+#[tokio::test]
+async fn introspection_cache_stats_count_hits_and_misses() {
+    let dev = DevIssuer::new(ISSUER);
+    let (expect, auth_method) = basic();
+    let stub = Stub::start(expect).await;
+    let auth = stack(
+        &dev,
+        IntrospectionVerifier::new(stub.url.clone(), auth_method, RESOURCE, client()),
+        None,
+    );
+    let before = auth
+        .introspection_cache_stats()
+        .expect("introspection is cached");
+    let token = opaque_token();
+    stub.answer(&token, active("stats-1"));
+    for _ in 0..3 {
+        assert_eq!(send(&auth, &token).await.status, StatusCode::OK);
+    }
+    let after = auth.introspection_cache_stats().unwrap();
+    assert_eq!(after.misses - before.misses, 1, "{after:?}");
+    assert_eq!(after.hits - before.hits, 2, "{after:?}");
+    assert_eq!(stub.calls(), 1);
+    // JWT verdicts are counted apart.
+    let jwt_stats = auth.cache_stats().unwrap();
+    assert_eq!(jwt_stats.hits, 0, "{jwt_stats:?}");
+    // Without introspection there are no such stats.
+    let plain = McpAuth::builder()
+        .resource(RESOURCE)
+        .issuer(dev.issuer_config())
+        .build()
+        .unwrap();
+    assert!(plain.introspection_cache_stats().is_none());
 }

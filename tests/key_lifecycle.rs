@@ -952,3 +952,374 @@ async fn unusable_jwks_documents_and_redirects_keep_the_old_keys() {
     accepted(&auth, &dev, "fresh mixed set, no fetch").await;
     assert_eq!(server.hits(), fetched);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Issuer metadata discovery, and `[issuers.jwks_refresh]` from TOML
+// ---------------------------------------------------------------------------------------------
+
+/// What the metadata server answers at one path.
+#[derive(Clone)]
+enum Meta {
+    Json(String),
+    Status(u16),
+    Hang,
+}
+
+#[derive(Clone, Default)]
+struct MetaState {
+    routes: Arc<Mutex<std::collections::HashMap<String, Meta>>>,
+    hits: Arc<Mutex<std::collections::HashMap<String, usize>>>,
+}
+
+/// An authorization server metadata host on loopback: answers each path as set (404 for
+/// unset paths) and counts the requests per path.
+struct MetaServer {
+    state: MetaState,
+    addr: SocketAddr,
+}
+
+impl MetaServer {
+    async fn start() -> Self {
+        let state = MetaState::default();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = Router::new().fallback(meta).with_state(state.clone());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        Self { state, addr }
+    }
+
+    /// The issuer identifier `http://127.0.0.1:port/tenant`.
+    fn issuer(&self) -> String {
+        format!("http://{}/tenant", self.addr)
+    }
+
+    fn rfc8414(&self) -> &'static str {
+        "/.well-known/oauth-authorization-server/tenant"
+    }
+
+    fn oidc(&self) -> &'static str {
+        "/tenant/.well-known/openid-configuration"
+    }
+
+    fn set(&self, path: &str, meta: Meta) {
+        self.state
+            .routes
+            .lock()
+            .unwrap()
+            .insert(path.to_owned(), meta);
+    }
+
+    fn hits(&self, path: &str) -> usize {
+        self.state
+            .hits
+            .lock()
+            .unwrap()
+            .get(path)
+            .copied()
+            .unwrap_or(0)
+    }
+}
+
+async fn meta(State(state): State<MetaState>, uri: http::Uri) -> Response<axum::body::Body> {
+    let path = uri.path().to_owned();
+    *state.hits.lock().unwrap().entry(path.clone()).or_default() += 1;
+    let route = state.routes.lock().unwrap().get(&path).cloned();
+    let (status, body) = match route {
+        Some(Meta::Json(body)) => (StatusCode::OK, body),
+        Some(Meta::Status(status)) => (StatusCode::from_u16(status).unwrap(), "{}".to_owned()),
+        Some(Meta::Hang) => {
+            std::future::pending::<()>().await;
+            unreachable!()
+        }
+        None => (StatusCode::NOT_FOUND, "{}".to_owned()),
+    };
+    let mut response = Response::new(axum::body::Body::from(body));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, "application/json".parse().unwrap());
+    response
+}
+
+fn metadata(issuer: &str, jwks_uri: &url::Url) -> Meta {
+    Meta::Json(serde_json::json!({ "issuer": issuer, "jwks_uri": jwks_uri.as_str() }).to_string())
+}
+
+/// A stack from TOML: one issuer, `source` its key source lines, `refresh` the body of its
+/// `[issuers.jwks_refresh]` table (none when empty).
+fn toml_stack(issuer: &str, source: &str, refresh: &str, client: ReqwestHttpClient) -> McpAuth {
+    let refresh = if refresh.is_empty() {
+        String::new()
+    } else {
+        format!("[issuers.jwks_refresh]\n{refresh}")
+    };
+    let toml = format!(
+        "resource = \"{RESOURCE}\"\n[[issuers]]\nissuer = \"{issuer}\"\nalgorithms = [\"ES256\"]\n{source}\n{refresh}\n"
+    );
+    let config = tower_mcp_auth::McpAuthConfig::from_toml_str(&toml).unwrap();
+    McpAuth::builder()
+        .config(config)
+        .http_client(Arc::new(client))
+        .policy(|_: &PolicyRequest<'_>| Decision::Allow)
+        .build()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn discovery_falls_back_to_openid_configuration_when_rfc8414_is_404() {
+    let meta = MetaServer::start().await;
+    let dev = DevIssuer::new(meta.issuer());
+    let keys = KeyServer::start(keys(None, &[&dev])).await;
+    // RFC 8414 location unset: 404.
+    meta.set(meta.oidc(), metadata(&meta.issuer(), &keys.url()));
+    let auth = toml_stack(&meta.issuer(), "discover = true", "", default_client());
+    accepted(&auth, &dev, "keys from the OpenID configuration's jwks_uri").await;
+    assert_eq!(meta.hits(meta.rfc8414()), 1, "RFC 8414 tried first");
+    assert_eq!(meta.hits(meta.oidc()), 1, "then OpenID discovery");
+    assert_eq!(keys.hits(), 1);
+    // Discovered once: later requests use the cached metadata.
+    accepted(&auth, &dev, "again").await;
+    assert_eq!(meta.hits(meta.rfc8414()) + meta.hits(meta.oidc()), 2);
+}
+
+#[tokio::test]
+async fn metadata_naming_another_issuer_is_never_used() {
+    let meta = MetaServer::start().await;
+    let dev = DevIssuer::new(meta.issuer());
+    // The impostor documents point at a key server that would accept the tokens.
+    let evil_keys = KeyServer::start(keys(None, &[&dev])).await;
+    let good_keys = KeyServer::start(keys(None, &[&dev])).await;
+    let others = [
+        format!("{}/", meta.issuer()),
+        format!("http://{}/other", meta.addr),
+        format!("http://{}", meta.addr),
+        meta.issuer().to_uppercase(),
+    ];
+    for other in &others {
+        // Both locations name another issuer: refused, and the fallback refuses too.
+        meta.set(meta.rfc8414(), metadata(other, &evil_keys.url()));
+        meta.set(meta.oidc(), metadata(other, &evil_keys.url()));
+        let auth = toml_stack(&meta.issuer(), "discover = true", "", default_client());
+        assert_unavailable(&send(&auth, &token(&dev)).await, other);
+        assert_eq!(
+            evil_keys.hits(),
+            0,
+            "{other}: its jwks_uri is never fetched"
+        );
+    }
+    // RFC 8414 names another issuer, OpenID discovery the right one: the right one is used.
+    meta.set(meta.rfc8414(), metadata(&others[1], &evil_keys.url()));
+    meta.set(meta.oidc(), metadata(&meta.issuer(), &good_keys.url()));
+    let auth = toml_stack(&meta.issuer(), "discover = true", "", default_client());
+    accepted(&auth, &dev, "the matching document").await;
+    assert_eq!(evil_keys.hits(), 0);
+    assert_eq!(good_keys.hits(), 1);
+}
+
+#[tokio::test]
+async fn hanging_metadata_endpoint_is_bounded_by_the_fetch_timeout() {
+    let meta = MetaServer::start().await;
+    let dev = DevIssuer::new(meta.issuer());
+    meta.set(meta.rfc8414(), Meta::Hang);
+    meta.set(meta.oidc(), Meta::Hang);
+    // The client would wait 60 s; `timeout_secs = 1` bounds each location.
+    let patient = ReqwestHttpClient::with_limits(Duration::from_secs(60), 512 * 1024).unwrap();
+    let auth = toml_stack(
+        &meta.issuer(),
+        "discover = true",
+        "timeout_secs = 1",
+        patient,
+    );
+    let started = Instant::now();
+    assert_unavailable(&send(&auth, &token(&dev)).await, "hanging metadata");
+    let took = started.elapsed();
+    assert!(
+        took >= secs(0.9),
+        "both locations tried with the bound: {took:?}"
+    );
+    assert!(took < secs(4.0), "bounded: {took:?}");
+    assert_eq!(meta.hits(meta.rfc8414()), 1);
+    assert_eq!(meta.hits(meta.oidc()), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn metadata_is_refetched_after_a_failure_at_most_once_per_cooldown() {
+    let meta = MetaServer::start().await;
+    let dev = DevIssuer::new(meta.issuer());
+    let keys = KeyServer::start(keys(None, &[&dev])).await;
+    meta.set(meta.rfc8414(), Meta::Status(500));
+    meta.set(meta.oidc(), Meta::Status(503));
+    let auth = Arc::new(toml_stack(
+        &meta.issuer(),
+        "discover = true",
+        "cooldown_secs = 1",
+        default_client(),
+    ));
+    let started = Instant::now();
+    let answers = futures_join_all((0..50).map(|_| {
+        let auth = auth.clone();
+        let token = token(&dev);
+        async move { send(&auth, &token).await }
+    }))
+    .await;
+    for answer in &answers {
+        assert_unavailable(answer, "metadata down");
+    }
+    assert_eq!(
+        meta.hits(meta.rfc8414()),
+        1,
+        "one attempt for 50 concurrent requests"
+    );
+    assert_eq!(meta.hits(meta.oidc()), 1);
+    assert_unavailable(&send(&auth, &token(&dev)).await, "within the cooldown");
+    assert_eq!(
+        meta.hits(meta.rfc8414()),
+        1,
+        "no attempt within the cooldown"
+    );
+
+    // The cooldown has passed and the metadata is back: one more attempt, which succeeds.
+    meta.set(meta.oidc(), metadata(&meta.issuer(), &keys.url()));
+    sleep_until(started + secs(1.3)).await;
+    accepted(&auth, &dev, "after the cooldown").await;
+    assert_eq!(meta.hits(meta.rfc8414()), 2);
+    assert_eq!(meta.hits(meta.oidc()), 2);
+}
+
+/// `[issuers.jwks_refresh]` reaches the key source: a 1 s TTL, cooldown and timeout, 2 s of
+/// staleness; `McpAuth::key_stats` counts the fetches, failures, stale serves and skips.
+#[tokio::test]
+async fn toml_jwks_refresh_settings_reach_the_key_source() {
+    let dev = DevIssuer::new(ISSUER);
+    let server = KeyServer::start(keys(Some("max-age=3600"), &[&dev])).await;
+    let auth = toml_stack(
+        ISSUER,
+        &format!("jwks_uri = \"{}\"", server.url()),
+        "min_ttl_secs = 1\nmax_ttl_secs = 1\ncooldown_secs = 1\nmax_stale_secs = 2\ntimeout_secs = 1",
+        default_client(),
+    );
+    let stats = |auth: &McpAuth| {
+        let all = auth.key_stats();
+        assert_eq!(all.len(), 1);
+        assert_eq!(all[0].0, ISSUER);
+        let s = all[0].1;
+        (s.fetches, s.failures, s.stale_serves, s.cooldown_skips)
+    };
+    let t0 = Instant::now();
+    accepted(&auth, &dev, "first fetch").await;
+    assert_eq!(stats(&auth), (1, 0, 0, 0), "a refresh");
+    // An unknown kid within the cooldown: skipped.
+    let signed = token(&dev);
+    let answer = send(&auth, &random_kid_token(&signed, 0)).await;
+    assert_eq!(answer.kind, Some(AuthErrorKind::UnknownKey));
+    assert_eq!(stats(&auth), (1, 0, 0, 1), "a cooldown skip");
+    assert_eq!(server.hits(), 1);
+
+    // Past the 1 s TTL (max-age 3600 capped by max_ttl_secs) and the cooldown, the key server
+    // fails: the expired keys serve (stale), within max_stale_secs.
+    server.set(Mode::Status(503));
+    sleep_until(t0 + secs(1.3)).await;
+    accepted(&auth, &dev, "stale keys").await;
+    assert_eq!(stats(&auth), (2, 1, 1, 1), "a failure and a stale serve");
+    assert_eq!(server.hits(), 2, "refetched after the 1 s cooldown");
+
+    // Past expiry + 2 s of staleness: 503.
+    sleep_until(t0 + secs(3.6)).await;
+    assert_unavailable(&send(&auth, &token(&dev)).await, "past max_stale_secs");
+    let (fetches, failures, _, _) = stats(&auth);
+    assert_eq!((fetches, failures), (3, 2));
+
+    // A hanging key server is bounded by timeout_secs = 1 (the client would wait 5 s).
+    server.set(Mode::Hang);
+    sleep_until(t0 + secs(4.8)).await;
+    let started = Instant::now();
+    assert_unavailable(&send(&auth, &token(&dev)).await, "hanging key server");
+    assert!(started.elapsed() < secs(2.5), "{:?}", started.elapsed());
+}
+
+#[tokio::test]
+async fn invalid_jwks_refresh_settings_are_refused_at_build_time() {
+    use tower_mcp_auth::ConfigError;
+    let cases = [
+        ("min_ttl_secs = 0", "min_ttl_secs must not be 0"),
+        ("max_ttl_secs = 0", "max_ttl_secs must not be 0"),
+        ("cooldown_secs = 0", "cooldown_secs must not be 0"),
+        ("timeout_secs = 0", "timeout_secs must not be 0"),
+        ("default_ttl_secs = 0", "default_ttl_secs must not be 0"),
+        (
+            "min_ttl_secs = 600\nmax_ttl_secs = 60",
+            "min_ttl_secs must not exceed max_ttl_secs",
+        ),
+    ];
+    for (body, message) in cases {
+        let toml = format!(
+            "resource = \"{RESOURCE}\"\n[[issuers]]\nissuer = \"{ISSUER}\"\njwks_uri = \"https://as.example.com/jwks\"\n[issuers.jwks_refresh]\n{body}\n"
+        );
+        let config = tower_mcp_auth::McpAuthConfig::from_toml_str(&toml).unwrap();
+        let err = McpAuth::from_config(config).unwrap_err();
+        assert!(
+            matches!(err, ConfigError::InvalidJwksRefresh { .. }),
+            "{body}: {err:?}"
+        );
+        assert!(err.to_string().contains(message), "{body}: {err}");
+    }
+    // Static keys have nothing to refresh.
+    let dev = DevIssuer::new(ISSUER);
+    let toml = format!(
+        "resource = \"{RESOURCE}\"\n[[issuers]]\nissuer = \"{ISSUER}\"\njwks = {:?}\n[issuers.jwks_refresh]\ncooldown_secs = 5\n",
+        dev.jwks_json()
+    );
+    let config = tower_mcp_auth::McpAuthConfig::from_toml_str(&toml).unwrap();
+    let err = McpAuth::from_config(config).unwrap_err();
+    assert!(
+        matches!(err, ConfigError::InvalidJwksRefresh { .. }),
+        "{err:?}"
+    );
+    // Unknown members are refused when parsing.
+    let toml = format!(
+        "resource = \"{RESOURCE}\"\n[[issuers]]\nissuer = \"{ISSUER}\"\njwks_uri = \"https://as.example.com/jwks\"\n[issuers.jwks_refresh]\ncooldown = 5\n"
+    );
+    assert!(tower_mcp_auth::McpAuthConfig::from_toml_str(&toml).is_err());
+}
+
+/// A `kid` published for two usable ES256 keys is ambiguous: neither key is used, in either
+/// order, even for a token one of them really signed; a distinct `kid` still works.
+#[tokio::test]
+async fn duplicate_kid_with_two_usable_keys_is_refused_as_ambiguous() {
+    let dev = DevIssuer::new(ISSUER);
+    let other = DevIssuer::new(ISSUER);
+    let mut impostor = other.public_jwk();
+    impostor["kid"] = dev.kid().into();
+    for keys in [
+        vec![dev.public_jwk(), impostor.clone()],
+        vec![impostor.clone(), dev.public_jwk()],
+    ] {
+        let body = serde_json::json!({ "keys": keys }).to_string();
+        let server = KeyServer::start(Mode::Keys {
+            body,
+            cache_control: None,
+        })
+        .await;
+        let auth = stack(remote(
+            &server,
+            default_client(),
+            RemoteJwksOptions::default(),
+        ));
+        for signer in [&dev, &other] {
+            let answer = send(&auth, &token(signer)).await;
+            assert_eq!(answer.status, StatusCode::UNAUTHORIZED, "{answer:?}");
+            assert_eq!(answer.kind, Some(AuthErrorKind::UnknownKey));
+            let www = answer.headers[WWW_AUTHENTICATE].to_str().unwrap();
+            assert!(www.contains(r#"error="invalid_token""#), "{www}");
+        }
+    }
+    // Without the duplicate, the same token verifies.
+    let server = KeyServer::start(keys(None, &[&dev, &other])).await;
+    let auth = stack(remote(
+        &server,
+        default_client(),
+        RemoteJwksOptions::default(),
+    ));
+    accepted(&auth, &dev, "distinct kids").await;
+    accepted(&auth, &other, "distinct kids").await;
+}

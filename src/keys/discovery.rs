@@ -7,7 +7,7 @@
 //! supply keys.
 
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use serde::Deserialize;
@@ -42,8 +42,17 @@ pub fn discovery_urls(issuer: &Url) -> [String; 2] {
     ]
 }
 
-/// Fetches and validates the metadata of `issuer`.
+/// Fetches and validates the metadata of `issuer`. Each request is bounded only by the
+/// client's own timeout; [`DiscoveredKeys`] adds its `fetch_timeout` on top.
 pub async fn discover(issuer: &str, client: &dyn HttpClient) -> Result<IssuerMetadata, KeyError> {
+    discover_within(issuer, client, None).await
+}
+
+async fn discover_within(
+    issuer: &str,
+    client: &dyn HttpClient,
+    timeout: Option<Duration>,
+) -> Result<IssuerMetadata, KeyError> {
     let issuer_url = parse_url(issuer, UrlRole::Remote("issuer"))
         .map_err(|e| KeyError::Unavailable(e.to_string()))?;
     let mut last = String::from("no metadata document found");
@@ -51,7 +60,18 @@ pub async fn discover(issuer: &str, client: &dyn HttpClient) -> Result<IssuerMet
         let Ok(url) = Url::parse(&candidate) else {
             continue;
         };
-        let response = match client.get(&url).await {
+        let get = client.get(&url);
+        let result = match timeout {
+            Some(timeout) => match tokio::time::timeout(timeout, get).await {
+                Ok(result) => result,
+                Err(_) => {
+                    last = format!("{candidate} timed out");
+                    continue;
+                }
+            },
+            None => get.await,
+        };
+        let response = match result {
             Ok(response) if response.status.is_success() => response,
             Ok(response) => {
                 last = format!("{candidate} answered {}", response.status.as_u16());
@@ -67,6 +87,7 @@ pub async fn discover(issuer: &str, client: &dyn HttpClient) -> Result<IssuerMet
             continue;
         };
         if metadata.issuer != issuer {
+            // RFC 8414 §3.3: such a document must not be used; try the next location.
             last = format!("{candidate} names another issuer");
             continue;
         }
@@ -84,14 +105,24 @@ pub async fn discover(issuer: &str, client: &dyn HttpClient) -> Result<IssuerMet
     )))
 }
 
+/// What discovery found: the metadata, and the key set at its `jwks_uri` if it names one.
+#[derive(Debug)]
+struct Discovered {
+    metadata: IssuerMetadata,
+    jwks: Option<Arc<RemoteJwks>>,
+}
+
 /// Keys found through issuer discovery: the metadata is fetched on first use (and again after
-/// a failure, at most once per cooldown), then its `jwks_uri` behaves as a [`RemoteJwks`].
+/// a failure, at most once per cooldown, each location bounded by `fetch_timeout`), then its
+/// `jwks_uri` behaves as a [`RemoteJwks`]. The same metadata gives the
+/// `introspection_endpoint` to an
+/// [`IntrospectionVerifier::discovered`](crate::token::IntrospectionVerifier::discovered).
 #[derive(Debug)]
 pub struct DiscoveredKeys {
     issuer: String,
     client: Arc<dyn HttpClient>,
     options: RemoteJwksOptions,
-    jwks: tokio::sync::OnceCell<Arc<RemoteJwks>>,
+    discovered: tokio::sync::OnceCell<Discovered>,
     last_failure: Mutex<Option<Instant>>,
 }
 
@@ -101,7 +132,8 @@ impl DiscoveredKeys {
         Self::with_options(issuer, client, RemoteJwksOptions::default())
     }
 
-    /// With a custom refresh policy for the discovered key set.
+    /// With a custom refresh policy for the discovered key set (its `cooldown` and
+    /// `fetch_timeout` also apply to the metadata fetch).
     pub fn with_options(
         issuer: impl Into<String>,
         client: Arc<dyn HttpClient>,
@@ -111,56 +143,103 @@ impl DiscoveredKeys {
             issuer: issuer.into(),
             client,
             options,
-            jwks: tokio::sync::OnceCell::new(),
+            discovered: tokio::sync::OnceCell::new(),
             last_failure: Mutex::new(None),
         }
     }
 
-    async fn jwks(&self) -> Result<&Arc<RemoteJwks>, KeyError> {
-        if let Some(jwks) = self.jwks.get() {
-            return Ok(jwks);
+    /// The issuer identifier.
+    pub fn issuer(&self) -> &str {
+        &self.issuer
+    }
+
+    fn cooling_down(&self) -> bool {
+        self.last_failure
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some_and(|at| at.elapsed() < self.options.cooldown)
+    }
+
+    async fn discovered(&self) -> Result<&Discovered, KeyError> {
+        if let Some(discovered) = self.discovered.get() {
+            return Ok(discovered);
         }
-        let cooldown = self.options.cooldown;
-        if let Some(at) = *self.last_failure.lock().unwrap_or_else(|e| e.into_inner())
-            && at.elapsed() < cooldown
-        {
-            return Err(KeyError::Unavailable(
-                "issuer discovery failed recently".into(),
-            ));
+        let cooling_down = || {
+            tracing::debug!(
+                target: "tower_mcp_auth::keys",
+                issuer = %self.issuer,
+                "issuer discovery skipped: cooling down after a failure"
+            );
+            KeyError::Unavailable("issuer discovery failed recently".into())
+        };
+        if self.cooling_down() {
+            return Err(cooling_down());
         }
-        let result = self
-            .jwks
+        self.discovered
             .get_or_try_init(|| async {
-                let metadata = discover(&self.issuer, &*self.client).await?;
-                let uri = metadata.jwks_uri.ok_or_else(|| {
-                    KeyError::Unavailable("the issuer metadata has no jwks_uri".into())
-                })?;
-                let url = Url::parse(&uri).map_err(|e| KeyError::Unavailable(e.to_string()))?;
+                // Callers queued behind a failed attempt run this closure in turn: check the
+                // cooldown again so that they do not each fetch.
+                if self.cooling_down() {
+                    return Err(cooling_down());
+                }
+                let attempt = discover_within(
+                    &self.issuer,
+                    &*self.client,
+                    Some(self.options.fetch_timeout),
+                )
+                .await;
+                let metadata = match attempt {
+                    Ok(metadata) => metadata,
+                    Err(err) => {
+                        tracing::warn!(target: "tower_mcp_auth::keys", issuer = %self.issuer, error = %err, "issuer discovery failed");
+                        *self.last_failure.lock().unwrap_or_else(|e| e.into_inner()) =
+                            Some(Instant::now());
+                        return Err(err);
+                    }
+                };
+                let jwks = match &metadata.jwks_uri {
+                    Some(uri) => {
+                        let url =
+                            Url::parse(uri).map_err(|e| KeyError::Unavailable(e.to_string()))?;
+                        Some(Arc::new(RemoteJwks::with_options(
+                            url,
+                            self.client.clone(),
+                            self.options.clone(),
+                        )))
+                    }
+                    None => None,
+                };
                 tracing::info!(
                     target: "tower_mcp_auth::keys",
                     issuer = %self.issuer,
-                    jwks_uri = %url,
+                    jwks_uri = metadata.jwks_uri.as_deref().unwrap_or(""),
+                    introspection_endpoint = metadata.introspection_endpoint.as_deref().unwrap_or(""),
                     "issuer metadata discovered"
                 );
-                Ok(Arc::new(RemoteJwks::with_options(
-                    url,
-                    self.client.clone(),
-                    self.options.clone(),
-                )))
+                Ok(Discovered { metadata, jwks })
             })
-            .await;
-        if let Err(err) = &result {
-            tracing::warn!(target: "tower_mcp_auth::keys", issuer = %self.issuer, error = %err, "issuer discovery failed");
-            *self.last_failure.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
-        }
-        result
+            .await
+    }
+
+    /// The issuer's metadata, discovered on first use (at most one attempt per cooldown after
+    /// a failure).
+    pub async fn metadata(&self) -> Result<&IssuerMetadata, KeyError> {
+        Ok(&self.discovered().await?.metadata)
+    }
+
+    async fn jwks(&self) -> Result<&Arc<RemoteJwks>, KeyError> {
+        self.discovered()
+            .await?
+            .jwks
+            .as_ref()
+            .ok_or_else(|| KeyError::Unavailable("the issuer metadata has no jwks_uri".into()))
     }
 }
 
 #[async_trait]
 impl KeySource for DiscoveredKeys {
     fn current(&self) -> Option<Arc<KeySet>> {
-        self.jwks.get()?.current()
+        self.discovered.get()?.jwks.as_ref()?.current()
     }
 
     async fn refresh(&self, reason: RefreshReason<'_>) -> Result<Arc<KeySet>, KeyError> {
@@ -168,7 +247,10 @@ impl KeySource for DiscoveredKeys {
     }
 
     fn stats(&self) -> Option<super::KeySourceStats> {
-        self.jwks.get().map(|jwks| jwks.stats())
+        self.discovered
+            .get()
+            .and_then(|d| d.jwks.as_ref())
+            .map(|jwks| jwks.stats())
     }
 }
 

@@ -39,6 +39,7 @@ pub struct McpAuth {
     metadata_paths: Arc<[String; 2]>,
     verifier: JwtVerifier,
     cache: Option<Arc<CachingVerifier>>,
+    introspection_cache: Option<Arc<CachingVerifier>>,
     token_layer: TokenLayer,
     policy_layer: McpPolicyLayer,
     audit_layer: AuditLayer,
@@ -112,6 +113,12 @@ impl McpAuth {
     /// Verified-token cache counters (`None` when the cache is off).
     pub fn cache_stats(&self) -> Option<CacheStats> {
         self.cache.as_ref().map(|c| c.stats())
+    }
+
+    /// Introspection verdict cache counters (`None` without introspection or when the cache
+    /// is off): hits are requests answered without calling the introspection endpoint.
+    pub fn introspection_cache_stats(&self) -> Option<CacheStats> {
+        self.introspection_cache.as_ref().map(|c| c.stats())
     }
 
     /// The JWT verifier, e.g. to verify tokens outside HTTP.
@@ -307,8 +314,11 @@ impl McpAuthBuilder {
         }
 
         let mut issuers = Vec::new();
+        let mut discovered = Vec::new();
         for issuer in &config.issuers {
-            issuers.push(self.trusted_issuer(issuer)?);
+            let (trusted, discovery) = self.trusted_issuer(issuer)?;
+            issuers.push(trusted);
+            discovered.extend(discovery);
         }
         for (issuer, keys, algorithms) in self.custom_issuers.drain(..) {
             parse_url(&issuer, UrlRole::Remote("issuer"))?;
@@ -423,7 +433,7 @@ impl McpAuthBuilder {
             Arc::new(cache)
         };
         let cache = cached(jwt, rules.cache_max_ttl_secs, rules.cache_admission);
-        let opaque: Option<Arc<dyn TokenVerifier>> =
+        let opaque: Option<Arc<CachingVerifier>> =
             match (self.introspection.take(), &config.introspection) {
                 (Some(verifier), config) => {
                     let ttl = config.as_ref().map_or(60, |c| c.cache_max_ttl_secs);
@@ -433,7 +443,8 @@ impl McpAuthBuilder {
                     let verifier = self.introspection_verifier(
                         introspection,
                         &config.resource,
-                        rules.leeway_secs,
+                        rules,
+                        &discovered,
                     )?;
                     Some(cached(
                         verifier,
@@ -443,6 +454,7 @@ impl McpAuthBuilder {
                 }
                 (None, None) => None,
             };
+        let introspection_cache = opaque.clone().filter(|_| rules.cache_max_entries > 0);
         let token_verifier: Arc<dyn TokenVerifier> = match opaque {
             Some(opaque) => Arc::new(RoutingVerifier::new(cache.clone(), opaque)),
             None => cache.clone(),
@@ -473,14 +485,34 @@ impl McpAuthBuilder {
             metadata,
             verifier,
             cache,
+            introspection_cache,
             token_layer,
             policy_layer,
         })
     }
 
-    fn trusted_issuer(&self, config: &IssuerConfig) -> Result<TrustedIssuer, ConfigError> {
+    /// The issuer, and its discovery when it is configured with `discover`.
+    fn trusted_issuer(
+        &self,
+        config: &IssuerConfig,
+    ) -> Result<(TrustedIssuer, Option<Arc<DiscoveredKeys>>), ConfigError> {
         let name = &config.issuer;
         parse_url(name, UrlRole::Remote("issuer"))?;
+        let refresh = config
+            .jwks_refresh
+            .map(|r| r.to_options())
+            .transpose()
+            .map_err(|reason| ConfigError::InvalidJwksRefresh {
+                issuer: name.clone(),
+                reason,
+            })?;
+        if refresh.is_some() && !config.discover && config.jwks_uri.is_none() {
+            return Err(ConfigError::InvalidJwksRefresh {
+                issuer: name.clone(),
+                reason: "jwks_refresh applies only to a remote key set (jwks_uri or discover)",
+            });
+        }
+        let options = refresh.unwrap_or_default();
         let key_err = |source| ConfigError::Key {
             issuer: name.clone(),
             source,
@@ -550,12 +582,14 @@ impl McpAuthBuilder {
                 });
             }
             let client = self.client(name)?;
-            let source: Arc<dyn KeySource> = Arc::new(DiscoveredKeys::new(name.clone(), client));
+            let discovery = Arc::new(DiscoveredKeys::with_options(name.clone(), client, options));
+            let source: Arc<dyn KeySource> = discovery.clone();
             let trusted = TrustedIssuer::new(name.clone(), source).algorithms(algorithms);
-            return Ok(match config.required_claims {
+            let trusted = match config.required_claims {
                 Some(required) => trusted.required_claims(required),
                 None => trusted,
-            });
+            };
+            return Ok((trusted, Some(discovery)));
         }
         let source: Arc<dyn KeySource> = match (&config.jwks_uri, static_keys.is_empty()) {
             (Some(_), false) => {
@@ -567,25 +601,26 @@ impl McpAuthBuilder {
             (Some(uri), true) => {
                 let url = parse_url(uri, UrlRole::Remote("jwks_uri"))?;
                 let client = self.client(name)?;
-                Arc::new(RemoteJwks::new(url, client))
+                Arc::new(RemoteJwks::with_options(url, client, options))
             }
             (None, false) => Arc::new(StaticKeys::new(KeySet::new(static_keys))),
             (None, true) => return Err(ConfigError::NoKeys(name.clone())),
         };
         let trusted = TrustedIssuer::new(name.clone(), source).algorithms(algorithms);
-        Ok(match config.required_claims {
+        let trusted = match config.required_claims {
             Some(required) => trusted.required_claims(required),
             None => trusted,
-        })
+        };
+        Ok((trusted, None))
     }
 
     fn introspection_verifier(
         &self,
         config: &IntrospectionConfig,
         resource: &str,
-        leeway_secs: u64,
+        rules: &crate::config::TokenRules,
+        discovered: &[Arc<DiscoveredKeys>],
     ) -> Result<Arc<dyn TokenVerifier>, ConfigError> {
-        let endpoint = parse_url(&config.endpoint, UrlRole::Remote("introspection endpoint"))?;
         let auth = match config.auth_method.as_str() {
             "client_secret_basic" => ClientAuth::SecretBasic {
                 client_id: config.client_id.clone(),
@@ -602,12 +637,35 @@ impl McpAuthBuilder {
                 )));
             }
         };
-        let client = self.client(&config.endpoint)?;
-        let mut verifier = IntrospectionVerifier::new(endpoint, auth, resource, client)
-            .leeway(Duration::from_secs(leeway_secs));
-        if let Some(issuer) = &config.issuer {
-            verifier = verifier.issuer(issuer);
-        }
+        let mut verifier = match &config.endpoint {
+            Some(endpoint) => {
+                let url = parse_url(endpoint, UrlRole::Remote("introspection endpoint"))?;
+                let client = self.client(endpoint)?;
+                let mut verifier = IntrospectionVerifier::new(url, auth, resource, client);
+                if let Some(issuer) = &config.issuer {
+                    verifier = verifier.issuer(issuer);
+                }
+                verifier
+            }
+            None => {
+                // The introspection endpoint of a discovered issuer: the one named, or the
+                // only one.
+                let discovery = match &config.issuer {
+                    Some(issuer) => discovered.iter().find(|d| d.issuer() == issuer),
+                    None if discovered.len() == 1 => discovered.first(),
+                    None => None,
+                }
+                .ok_or(ConfigError::Introspection(
+                    "no endpoint: set `endpoint`, or `issuer` naming an issuer configured with \
+                     `discover = true` (the only such issuer is used when `issuer` is unset)",
+                ))?;
+                let client = self.client(discovery.issuer())?;
+                IntrospectionVerifier::discovered(discovery.clone(), auth, resource, client)
+            }
+        };
+        verifier = verifier
+            .leeway(Duration::from_secs(rules.leeway_secs))
+            .required_claims(config.required_claims.unwrap_or(rules.required_claims));
         Ok(Arc::new(verifier))
     }
 

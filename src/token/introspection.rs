@@ -3,9 +3,14 @@
 //! introspection.
 //!
 //! The response is held to the same rules as a JWT: `active` must be the JSON boolean `true`;
-//! `aud` must contain this resource; `iss`, when configured, must match exactly; `exp` is
-//! required and checked with the leeway; `token_type`, when present, must be `Bearer` or `DPoP`
-//! (a `DPoP` token must carry `cnf.jkt`); `cnf` is honoured as for JWTs. Verdicts are cached by
+//! `aud` must contain this resource; `iss`, when an issuer is configured, is required and must
+//! match exactly; `exp` is required and checked with the leeway; `sub`, `client_id`, `iat` and
+//! `jti` are required as [`RequiredClaims`] says (by default all four, as for JWTs; RFC 7662
+//! makes them optional, so relax them with [`IntrospectionVerifier::required_claims`] or
+//! `[introspection] required_claims` for an authorization server that omits them);
+//! `token_type`, when present, must be `Bearer` or `DPoP` (a `DPoP` token must carry
+//! `cnf.jkt`); `cnf` is honoured as for JWTs. A 200 response whose body is not a JSON object
+//! means the endpoint misbehaves: 503 with `Retry-After`, as for any other endpoint failure. Verdicts are cached by
 //! the [`CachingVerifier`](super::CachingVerifier) in front (default at most 60 s, never past
 //! `exp`): within that window a token revoked at the authorization server is still accepted.
 //! An unreachable endpoint is a 503, never an acceptance.
@@ -23,7 +28,7 @@ use http::header::{AUTHORIZATION, HeaderValue};
 use serde::Deserialize;
 use url::Url;
 
-use super::TokenVerifier;
+use super::{RequiredClaims, TokenVerifier};
 use crate::error::{AuthError, AuthErrorKind};
 use crate::http_client::HttpClient;
 use crate::jose::{numeric_date, string, thumbprint};
@@ -77,13 +82,21 @@ impl fmt::Debug for ClientAuth {
     }
 }
 
+/// Where the introspection endpoint is.
+enum Endpoint {
+    Fixed(Url),
+    /// The `introspection_endpoint` of the issuer metadata, found on first use.
+    Discovered(Arc<crate::keys::DiscoveredKeys>),
+}
+
 /// Verifies opaque tokens at an RFC 7662 introspection endpoint.
 pub struct IntrospectionVerifier {
-    endpoint: Url,
+    endpoint: Endpoint,
     auth: ClientAuth,
     resource: String,
     issuer: Option<String>,
     leeway: u64,
+    required: RequiredClaims,
     client: Arc<dyn HttpClient>,
 }
 
@@ -138,12 +151,46 @@ impl IntrospectionVerifier {
         resource: impl Into<String>,
         client: Arc<dyn HttpClient>,
     ) -> Self {
+        Self::with_endpoint(Endpoint::Fixed(endpoint), auth, resource.into(), client)
+    }
+
+    /// Which of `sub`, `client_id`, `iat` and `jti` responses must carry (default: all four,
+    /// as for JWTs). RFC 7662 makes them optional; relax this for an authorization server that
+    /// omits them. A revocation list can only match what is present.
+    pub fn required_claims(mut self, required: RequiredClaims) -> Self {
+        self.required = required;
+        self
+    }
+
+    /// Introspects at the `introspection_endpoint` of the metadata `issuer` discovers (RFC 8414,
+    /// then OpenID Connect; the document's `issuer` must equal it exactly), sharing the
+    /// discovery with the issuer's keys. Responses must carry that `iss`. The metadata is
+    /// fetched on first use; until it is found, or when it names no introspection endpoint,
+    /// opaque tokens get 503 with `Retry-After`.
+    pub fn discovered(
+        issuer: Arc<crate::keys::DiscoveredKeys>,
+        auth: ClientAuth,
+        resource: impl Into<String>,
+        client: Arc<dyn HttpClient>,
+    ) -> Self {
+        let name = issuer.issuer().to_owned();
+        Self::with_endpoint(Endpoint::Discovered(issuer), auth, resource.into(), client)
+            .issuer(name)
+    }
+
+    fn with_endpoint(
+        endpoint: Endpoint,
+        auth: ClientAuth,
+        resource: String,
+        client: Arc<dyn HttpClient>,
+    ) -> Self {
         Self {
             endpoint,
             auth,
-            resource: resource.into(),
+            resource,
             issuer: None,
             leeway: 30,
+            required: RequiredClaims::default(),
             client,
         }
     }
@@ -154,14 +201,39 @@ impl IntrospectionVerifier {
         self
     }
 
-    /// Requires `iss` in responses to equal `issuer` (and records it in the principal).
+    /// Requires `iss` in every response, equal to `issuer` (a response without `iss` is
+    /// refused).
     pub fn issuer(mut self, issuer: impl Into<String>) -> Self {
         self.issuer = Some(issuer.into());
         self
     }
 
+    /// The endpoint URL: fixed, or from the discovered metadata.
+    async fn endpoint(&self) -> Result<std::borrow::Cow<'_, Url>, AuthError> {
+        let unavailable = || AuthError::unavailable(AuthErrorKind::KeysUnavailable, 5);
+        match &self.endpoint {
+            Endpoint::Fixed(url) => Ok(std::borrow::Cow::Borrowed(url)),
+            Endpoint::Discovered(keys) => {
+                let metadata = keys.metadata().await.map_err(|_| unavailable())?;
+                let Some(endpoint) = metadata.introspection_endpoint.as_deref() else {
+                    tracing::warn!(
+                        target: "tower_mcp_auth::introspection",
+                        issuer = %keys.issuer(),
+                        "the issuer metadata names no introspection_endpoint"
+                    );
+                    return Err(unavailable());
+                };
+                // Validated by discovery; parsed again here (cheap next to the request).
+                Url::parse(endpoint)
+                    .map(std::borrow::Cow::Owned)
+                    .map_err(|_| unavailable())
+            }
+        }
+    }
+
     fn client_assertion(
         &self,
+        endpoint: &Url,
         client_id: &str,
         alg: crate::keys::SigningAlgorithm,
         kid: Option<&str>,
@@ -175,7 +247,7 @@ impl IntrospectionVerifier {
         let claims = serde_json::json!({
             "iss": client_id,
             "sub": client_id,
-            "aud": self.endpoint.as_str(),
+            "aud": endpoint.as_str(),
             "iat": now,
             "exp": now + 60,
             "jti": uuid::Uuid::new_v4().to_string(),
@@ -191,6 +263,7 @@ impl IntrospectionVerifier {
 
     async fn introspect(&self, token: &str) -> Result<Introspection, AuthError> {
         let unavailable = || AuthError::unavailable(AuthErrorKind::KeysUnavailable, 5);
+        let endpoint = self.endpoint().await?;
         let mut headers = HeaderMap::new();
         let mut form: Vec<(&str, String)> = vec![
             ("token", token.to_owned()),
@@ -217,8 +290,13 @@ impl IntrospectionVerifier {
                 kid,
                 sign,
             } => {
-                let assertion =
-                    self.client_assertion(client_id, *alg, kid.as_deref(), sign.as_ref());
+                let assertion = self.client_assertion(
+                    &endpoint,
+                    client_id,
+                    *alg,
+                    kid.as_deref(),
+                    sign.as_ref(),
+                );
                 form.push(("client_id", client_id.clone()));
                 form.push((
                     "client_assertion_type",
@@ -230,7 +308,7 @@ impl IntrospectionVerifier {
         let pairs: Vec<(&str, &str)> = form.iter().map(|(k, v)| (*k, v.as_str())).collect();
         let response = self
             .client
-            .post_form(&self.endpoint, &headers, &pairs)
+            .post_form(&endpoint, &headers, &pairs)
             .await
             .map_err(|e| {
                 tracing::warn!(target: "tower_mcp_auth::introspection", error = %e, "introspection failed");
@@ -244,8 +322,20 @@ impl IntrospectionVerifier {
             );
             return Err(unavailable());
         }
-        serde_json::from_slice(&response.body)
-            .map_err(|_| AuthError::new(AuthErrorKind::InvalidClaim))
+        // A 200 whose body is not a JSON object is the endpoint misbehaving, not a verdict on
+        // the token: fail closed with a 503, as for a 5xx.
+        let value = match serde_json::from_slice::<serde_json::Value>(&response.body) {
+            Ok(value @ serde_json::Value::Object(_)) => value,
+            _ => {
+                tracing::warn!(
+                    target: "tower_mcp_auth::introspection",
+                    "introspection endpoint answered 200 with a body that is not a JSON object"
+                );
+                return Err(unavailable());
+            }
+        };
+        // An object with ill-typed members is an unacceptable verdict on this token: 401.
+        serde_json::from_value(value).map_err(|_| AuthError::new(AuthErrorKind::InvalidClaim))
     }
 }
 
@@ -284,10 +374,31 @@ impl TokenVerifier for IntrospectionVerifier {
         if !audience.contains(&self.resource) {
             return Err(AuthErrorKind::WrongAudience.into());
         }
-        if let Some(expected) = &self.issuer
-            && r.iss.as_deref().is_some_and(|iss| iss != expected)
+        let missing =
+            |name: &'static str| AuthError::new(AuthErrorKind::MissingClaim).with_detail(name);
+        if let Some(expected) = &self.issuer {
+            match r.iss.as_deref() {
+                None => return Err(missing("iss")),
+                Some(iss) if iss != expected => return Err(AuthErrorKind::UntrustedIssuer.into()),
+                Some(_) => {}
+            }
+        }
+        if r.iat
+            .is_some_and(|iat| iat > now.saturating_add(self.leeway))
         {
-            return Err(AuthErrorKind::UntrustedIssuer.into());
+            return Err(AuthErrorKind::IssuedInFuture.into());
+        }
+        if self.required.sub && r.sub.is_none() {
+            return Err(missing("sub"));
+        }
+        if self.required.client_id && r.client_id.is_none() {
+            return Err(missing("client_id"));
+        }
+        if self.required.iat && r.iat.is_none() {
+            return Err(missing("iat"));
+        }
+        if self.required.jti && r.jti.is_none() {
+            return Err(missing("jti"));
         }
         let confirmation = match r.cnf {
             Some(CnfResponse {
@@ -349,10 +460,17 @@ impl TokenVerifier for IntrospectionVerifier {
 impl fmt::Debug for IntrospectionVerifier {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("IntrospectionVerifier")
-            .field("endpoint", &self.endpoint.as_str())
+            .field(
+                "endpoint",
+                &match &self.endpoint {
+                    Endpoint::Fixed(url) => url.as_str(),
+                    Endpoint::Discovered(_) => "(discovered)",
+                },
+            )
             .field("auth", &self.auth)
             .field("resource", &self.resource)
             .field("issuer", &self.issuer)
+            .field("required", &self.required)
             .finish_non_exhaustive()
     }
 }
