@@ -32,9 +32,13 @@
 //!   --introspection-endpoint URL  RFC 7662 introspection of opaque (non-JWT) tokens at URL,
 //!                        authenticated with client_secret_basic as
 //!   --client-id ID --client-secret S  (all three together); JWT-shaped tokens still go to
-//!                        the JWT verifier of --issuer (or --config). Verdicts are cached for
-//!                        60 s: a token revoked at the authorization server within that time
-//!                        is still accepted until its cached verdict expires
+//!                        the JWT verifier of --issuer (or --config). Responses need `iss`
+//!                        (the issuer), `client_id` and `iat`; `sub` and `jti` may be absent
+//!                        (client-credentials tokens, opaque tokens at oidc-provider).
+//!                        Verdicts are cached for 60 s: a token revoked at the authorization
+//!                        server within that time is still accepted until its cached verdict
+//!                        expires
+//!   --introspection-cache-ttl SECS  that cache lifetime instead of 60 s (with the flags above)
 //! ```
 //!
 //! The scope map is enforced by the policy layer before any handler runs (`--config` may
@@ -78,6 +82,7 @@ use tower_mcp_auth::config::IntrospectionConfig;
 use tower_mcp_auth::dpop::{DpopConfig, DpopMode};
 use tower_mcp_auth::policy::ToolScopes;
 use tower_mcp_auth::testing::DevIssuer;
+use tower_mcp_auth::token::RequiredClaims;
 use tower_mcp_auth::{IssuerConfig, McpAuth, McpAuthConfig, Principal};
 
 // ---------------------------------------------------------------------------
@@ -313,6 +318,7 @@ struct Args {
     introspection_endpoint: Option<String>,
     client_id: Option<String>,
     client_secret: Option<String>,
+    introspection_cache_ttl: Option<u64>,
 }
 
 impl Args {
@@ -324,9 +330,20 @@ impl Args {
             &self.client_secret,
         ) {
             (Some(endpoint), Some(id), Some(secret)) => {
-                Ok(Some(IntrospectionConfig::new(endpoint, id, secret)))
+                let mut config = IntrospectionConfig::new(endpoint, id, secret);
+                config.issuer = self.issuer.clone();
+                // RFC 7662 makes `sub` and `jti` optional, and oidc-provider omits them for
+                // client-credentials and opaque tokens: relax those two, keep the rest strict.
+                let mut required = RequiredClaims::default();
+                required.sub = false;
+                required.jti = false;
+                config.required_claims = Some(required);
+                if let Some(ttl) = self.introspection_cache_ttl {
+                    config.cache_max_ttl_secs = ttl;
+                }
+                Ok(Some(config))
             }
-            (None, None, None) => Ok(None),
+            (None, None, None) if self.introspection_cache_ttl.is_none() => Ok(None),
             _ => {
                 Err("--introspection-endpoint, --client-id and --client-secret go together".into())
             }
@@ -337,7 +354,8 @@ impl Args {
 const USAGE: &str = "usage: notes_server [--listen ADDR] [--resource URL] \
     [--issuer URL [--jwks-uri URL] | --config FILE] [--sessions] [--audit-log FILE] \
     [--dpop off|allowed|required] [--dpop-nonces] \
-    [--introspection-endpoint URL --client-id ID --client-secret S]\n\
+    [--introspection-endpoint URL --client-id ID --client-secret S \
+    [--introspection-cache-ttl SECS]]\n\
     --config FILE names the trusted issuers itself: --issuer and --jwks-uri cannot be \
     combined with it; --resource, --dpop, --dpop-nonces and the introspection flags \
     override the file.";
@@ -369,6 +387,12 @@ fn parse_args() -> Result<Args, String> {
             "--introspection-endpoint" => args.introspection_endpoint = Some(value()?),
             "--client-id" => args.client_id = Some(value()?),
             "--client-secret" => args.client_secret = Some(value()?),
+            "--introspection-cache-ttl" => {
+                let secs = value()?;
+                args.introspection_cache_ttl = Some(secs.parse().map_err(|_| {
+                    format!("--introspection-cache-ttl {secs}: expected whole seconds")
+                })?);
+            }
             "--help" | "-h" => return Err(USAGE.to_owned()),
             _ => return Err(format!("unknown argument {flag}\n{USAGE}")),
         }
