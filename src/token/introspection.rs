@@ -195,7 +195,7 @@ impl IntrospectionVerifier {
         }
     }
 
-    /// Clock-skew leeway for `exp` and `nbf` (default 30 s).
+    /// Clock-skew leeway for `exp`, `nbf` and `iat` (default 30 s).
     pub fn leeway(mut self, leeway: std::time::Duration) -> Self {
         self.leeway = leeway.as_secs();
         self
