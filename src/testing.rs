@@ -423,10 +423,11 @@ pub fn nonce_challenge<B>(response: &http::Response<B>) -> Option<&str> {
     let (Some(nonce), None) = (nonces.next(), nonces.next()) else {
         return None;
     };
-    nonce
-        .to_str()
-        .ok()
-        .filter(|n| !n.is_empty() && n.bytes().all(|b| matches!(b, 0x21 | 0x23..=0x5B | 0x5D..=0x7E)))
+    nonce.to_str().ok().filter(|n| {
+        !n.is_empty()
+            && n.bytes()
+                .all(|b| matches!(b, 0x21 | 0x23..=0x5B | 0x5D..=0x7E))
+    })
 }
 
 /// Whether a `WWW-Authenticate` value holds a `DPoP` challenge with `error="use_dpop_nonce"`.

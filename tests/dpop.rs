@@ -1046,17 +1046,30 @@ fn rows(k: &Keys) -> Vec<Row<'_>> {
     // `application/` may be written out.
     for (name, typ) in [
         ("typ DPOP+JWT (case-insensitive)", "DPOP+JWT"),
-        ("typ application/dpop+jwt (full media type)", "application/dpop+jwt"),
+        (
+            "typ application/dpop+jwt (full media type)",
+            "application/dpop+jwt",
+        ),
         ("typ Application/DPoP+JWT", "Application/DPoP+JWT"),
     ] {
-        t.add(name, dpop(tok, &pb().header("typ", typ).sign()), accepted(jkt));
+        t.add(
+            name,
+            dpop(tok, &pb().header("typ", typ).sign()),
+            accepted(jkt),
+        );
     }
     for (name, typ) in [
         ("typ JWT", "JWT"),
         ("typ at+jwt", "at+jwt"),
-        ("typ with a media-type parameter", "application/dpop+jwt; charset=utf-8"),
+        (
+            "typ with a media-type parameter",
+            "application/dpop+jwt; charset=utf-8",
+        ),
         ("typ text/dpop+jwt", "text/dpop+jwt"),
-        ("typ application/application/dpop+jwt", "application/application/dpop+jwt"),
+        (
+            "typ application/application/dpop+jwt",
+            "application/application/dpop+jwt",
+        ),
         ("typ with trailing space", "dpop+jwt "),
     ] {
         t.add(
@@ -2053,7 +2066,12 @@ async fn nonce_steps_at_a_fixed_clock() {
         ("two steps old, later nonce", 180, n(60), Err(n(180))),
         ("from a later step", 0, n(60), Err(n(0))),
         ("forged for the current step", 0, forged, Err(n(0))),
-        ("current step with another step's tag", 0, spliced, Err(n(0))),
+        (
+            "current step with another step's tag",
+            0,
+            spliced,
+            Err(n(0)),
+        ),
     ];
     let mut failures = Vec::new();
     for (name, offset, nonce, expect) in rows {
@@ -2103,7 +2121,11 @@ async fn retry_proof_answers_the_nonce_challenge() {
         .unwrap();
     let tok = &k.token;
     early_in_a_second().await;
-    let out = send(&auth, dpop(tok, &k.key.proof("POST", RESOURCE, tok)).request).await;
+    let out = send(
+        &auth,
+        dpop(tok, &k.key.proof("POST", RESOURCE, tok)).request,
+    )
+    .await;
     assert!(refusal_problems(&out, &USE_NONCE, true).is_empty());
     let mut refused = Response::new(());
     *refused.status_mut() = http::StatusCode::from_u16(out.status).unwrap();

@@ -39,10 +39,10 @@ use p256::pkcs8::DecodePublicKey as _;
 use serde_json::{Value, json};
 use tower::{Layer as _, ServiceExt as _};
 use tower_mcp_auth::config::IntrospectionConfig;
-use tower_mcp_auth::http_client::ReqwestHttpClient;
-use tower_mcp_auth::policy::{Decision, PolicyRequest};
 use tower_mcp_auth::dpop::{DpopConfig, DpopMode};
+use tower_mcp_auth::http_client::ReqwestHttpClient;
 use tower_mcp_auth::mtls::ClientCertificate;
+use tower_mcp_auth::policy::{Decision, PolicyRequest};
 use tower_mcp_auth::testing::{DevDpopKey, DevIssuer};
 use tower_mcp_auth::token::{ClientAuth, InMemoryRevocationList, IntrospectionVerifier};
 use tower_mcp_auth::{

@@ -400,10 +400,16 @@ async fn notes_tools_over_mtls_with_the_scope_map() {
         .scope("notes:read notes:write")
         .sign();
 
-    let added = call_tool(&client, &server, &token, "add_note", json!({"text": "over mTLS"}))
-        .await
-        .unwrap()
-        .whoami();
+    let added = call_tool(
+        &client,
+        &server,
+        &token,
+        "add_note",
+        json!({"text": "over mTLS"}),
+    )
+    .await
+    .unwrap()
+    .whoami();
     assert_eq!(added, json!({"id": 1, "text": "over mTLS"}));
     let listed = call_tool(&client, &server, &token, "list_notes", json!({}))
         .await
@@ -415,7 +421,10 @@ async fn notes_tools_over_mtls_with_the_scope_map() {
         .await
         .unwrap();
     assert_eq!(denied.status, 403, "{}", denied.body);
-    let challenge = denied.www_authenticate.as_deref().expect("WWW-Authenticate");
+    let challenge = denied
+        .www_authenticate
+        .as_deref()
+        .expect("WWW-Authenticate");
     assert!(
         challenge.starts_with("Bearer ")
             && challenge.contains(r#"error="insufficient_scope""#)

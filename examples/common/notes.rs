@@ -141,7 +141,9 @@ impl NotesServer {
 // the request with `invalid_params` if the server is not running over HTTP.
 #[tool_router]
 impl NotesServer {
-    #[tool(description = "Show who the server thinks is calling and how its token was bound, as JSON.")]
+    #[tool(
+        description = "Show who the server thinks is calling and how its token was bound, as JSON."
+    )]
     async fn whoami(&self, Extension(parts): Extension<Parts>) -> Result<String, String> {
         let principal = identity(&parts)?;
         let chain: Vec<_> = principal
