@@ -1,6 +1,7 @@
 //! `mtls_notes_server`: certificate-bound access tokens (RFC 8705) end to end.
 //!
-//! An rmcp MCP server (stateless Streamable HTTP, one `whoami` tool) served over TLS with
+//! The notes MCP server of `notes_server` (stateless Streamable HTTP; its tools, prompt, resource
+//! and scope map come from `common/notes.rs`) served over TLS with
 //! rustls *requiring* client certificates, behind [`McpAuth`]. At startup it generates a test CA,
 //! a server certificate for `127.0.0.1`/`localhost` and a client certificate, writes the CA and
 //! the client's certificate and key as PEM into `--out DIR`, and prints two tokens from an
@@ -46,7 +47,6 @@ use std::time::Duration;
 
 use axum::Router;
 use http::Request;
-use http::request::Parts;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
@@ -54,14 +54,8 @@ use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose,
 };
-use rmcp::{
-    ServerHandler,
-    handler::server::{router::tool::ToolRouter, tool::Extension},
-    model::{Implementation, ServerCapabilities, ServerConfig},
-    tool, tool_handler, tool_router,
-    transport::streamable_http_server::{
-        StreamableHttpServerConfig, StreamableHttpService, session::never::NeverSessionManager,
-    },
+use rmcp::transport::streamable_http_server::{
+    StreamableHttpServerConfig, StreamableHttpService, session::never::NeverSessionManager,
 };
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use rustls::server::WebPkiClientVerifier;
@@ -69,52 +63,22 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tower_mcp_auth::McpAuth;
-use tower_mcp_auth::Principal;
 use tower_mcp_auth::mtls::ClientCertificate;
-use tower_mcp_auth::policy::ToolScopes;
 use tower_mcp_auth::testing::DevIssuer;
 
 /// A client that opens a connection but never finishes the handshake is dropped after this.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 // ---------------------------------------------------------------------------
-// The MCP server: `whoami` reports the principal and how its token was bound.
+// The MCP server: the notes server of `notes_server` (`common/notes.rs`), whose `whoami`
+// reports the principal and how its token was bound (`mtls` and the certificate's
+// `x5t#S256` for a certificate-bound token).
 // ---------------------------------------------------------------------------
 
-#[derive(Clone)]
-struct WhoAmI {
-    tool_router: ToolRouter<Self>,
-}
+#[path = "common/notes.rs"]
+mod notes;
 
-#[tool_router]
-impl WhoAmI {
-    #[tool(description = "Show who the server thinks is calling, and how the token was bound.")]
-    async fn whoami(&self, Extension(parts): Extension<Parts>) -> Result<String, String> {
-        let principal = parts
-            .extensions
-            .get::<Principal>()
-            .ok_or_else(|| "unauthenticated: no principal on this request".to_owned())?;
-        let me = json!({
-            "subject": principal.subject(),
-            "client_id": principal.client_id(),
-            "scopes": principal.scopes(),
-            // `mtls` for a certificate-bound token, `bearer` for an unbound one.
-            "binding": principal.binding().as_str(),
-            // For `mtls`: the `x5t#S256` of the certificate the token is bound to.
-            "key_thumbprint": principal.key_thumbprint(),
-        });
-        Ok(me.to_string())
-    }
-}
-
-#[tool_handler(router = self.tool_router)]
-impl ServerHandler for WhoAmI {
-    fn get_info(&self) -> ServerConfig {
-        ServerConfig::new(ServerCapabilities::builder().enable_tools().build()).with_server_info(
-            Implementation::new("mtls-notes-server", env!("CARGO_PKG_VERSION")),
-        )
-    }
-}
+use notes::{NotesServer, NotesStore, notes_scopes};
 
 // ---------------------------------------------------------------------------
 // Test PKI: a CA, a server certificate and a client certificate.
@@ -230,12 +194,9 @@ fn app(auth: &McpAuth, addr: SocketAddr) -> Router {
             format!("localhost:{port}"),
             format!("127.0.0.1:{port}"),
         ]);
+    let store = NotesStore::default();
     let mcp = StreamableHttpService::new(
-        || {
-            Ok(WhoAmI {
-                tool_router: WhoAmI::tool_router(),
-            })
-        },
+        move || Ok(NotesServer::new(store.clone())),
         Arc::new(NeverSessionManager::default()),
         config,
     );
@@ -357,7 +318,7 @@ fn print_session(dev: &DevIssuer, resource: &str, client: &ClientCertificate, ou
     let bound = dev
         .token(resource)
         .claim("cnf", json!({ "x5t#S256": client.thumbprint() }))
-        .scope("notes:read")
+        .scope("notes:read notes:write")
         .sign();
     let unbound = dev.token(resource).scope("notes:read").sign();
     let out = out.display();
@@ -405,8 +366,8 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         .resource(resource.clone())
         .issuer(dev.issuer_config())
         .resource_name("Notes over mTLS (tower-mcp-auth example)")
-        .scopes_supported(["notes:read"])
-        .policy(ToolScopes::new().tool("whoami", ["notes:read"]))
+        .scopes_supported(["notes:read", "notes:write", "notes:admin"])
+        .policy(notes_scopes())
         .build()?;
 
     let client = ClientCertificate::from_der(pki.client.cert_der.to_vec());

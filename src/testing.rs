@@ -1,4 +1,5 @@
-//! Test support (feature `testing`): [`DevIssuer`] mints signed access tokens.
+//! Test support (feature `testing`): [`DevIssuer`] mints signed access tokens; [`DevDpopKey`]
+//! signs DPoP proofs and answers nonce challenges ([`nonce_challenge`]).
 //!
 //! For your own tests, the quickstart, and local development. Never use a `DevIssuer` to trust
 //! tokens in production: its key lives in process memory and it signs whatever you ask.
@@ -235,7 +236,38 @@ pub struct DevDpopKey {
 impl DevDpopKey {
     /// A fresh random P-256 key.
     pub fn new() -> Self {
-        let key = SigningKey::random(&mut OsRng);
+        Self::from_signing_key(SigningKey::random(&mut OsRng))
+    }
+
+    /// An existing P-256 private key in PKCS#8 PEM (`-----BEGIN PRIVATE KEY-----`), e.g. a
+    /// client's long-lived DPoP key, so its `jkt` stays the same across runs. Other curves,
+    /// SEC1 (`BEGIN EC PRIVATE KEY`) and encrypted PEM are refused.
+    ///
+    /// ```
+    /// use tower_mcp_auth::testing::DevDpopKey;
+    ///
+    /// // `openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256`
+    /// let pem = "-----BEGIN PRIVATE KEY-----
+    /// MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQgMG7xZj7Xv+Y2nIVv
+    /// y0oWR6V2OTtaAN0iihEn9E4dWu6hRANCAATRtiLbear7CTKqRa2sch4zDK7osw89
+    /// vgtmWxcUe6oG7JL2g24jD9YCPtxH88vpoHpq22kE45LFm53a3zImqgS/
+    /// -----END PRIVATE KEY-----
+    /// ";
+    /// let key = DevDpopKey::from_pkcs8_pem(pem)?;
+    /// // The same key, the same thumbprint, every time.
+    /// assert_eq!(key.jkt(), DevDpopKey::from_pkcs8_pem(pem)?.jkt());
+    /// assert!(DevDpopKey::from_pkcs8_pem("not a key").is_err());
+    /// # Ok::<(), tower_mcp_auth::testing::DevKeyError>(())
+    /// ```
+    pub fn from_pkcs8_pem(pem: &str) -> Result<Self, DevKeyError> {
+        use p256::pkcs8::DecodePrivateKey as _;
+        // The decoder's error is dropped: nothing derived from key material goes into errors.
+        SigningKey::from_pkcs8_pem(pem.trim())
+            .map(Self::from_signing_key)
+            .map_err(|_| DevKeyError::InvalidKey)
+    }
+
+    fn from_signing_key(key: SigningKey) -> Self {
         let point = key.verifying_key().to_encoded_point(false);
         let x = point
             .x()
@@ -287,6 +319,52 @@ impl DevDpopKey {
         }
     }
 
+    /// The proof to retry a request that `response` refused with `use_dpop_nonce`: a fresh
+    /// proof (new `jti`, `iat` now) for `method` on `url` carrying the server's `DPoP-Nonce`.
+    /// `None` when `response` is not such a refusal (see [`nonce_challenge`]), so a client
+    /// retries at most once per challenge.
+    ///
+    /// ```
+    /// use tower_mcp_auth::testing::DevDpopKey;
+    ///
+    /// let key = DevDpopKey::new();
+    /// let refused = http::Response::builder()
+    ///     .status(401)
+    ///     .header("www-authenticate", r#"Bearer resource_metadata="https://mcp.example.com/.well-known/oauth-protected-resource/mcp""#)
+    ///     .header("www-authenticate", r#"DPoP error="use_dpop_nonce", algs="ES256""#)
+    ///     .header("dpop-nonce", "eyJ7S_zG.eyJH0-Z.HX4w-7v")
+    ///     .body(())?;
+    /// let proof = key
+    ///     .retry_proof(&refused, "POST", "https://mcp.example.com/mcp", "the-token")
+    ///     .expect("a nonce challenge");
+    /// // The proof's payload carries the nonce.
+    /// use base64::Engine as _;
+    /// let payload = proof.split('.').nth(1).unwrap();
+    /// let claims: serde_json::Value = serde_json::from_slice(
+    ///     &base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload)?,
+    /// )?;
+    /// assert_eq!(claims["nonce"], "eyJ7S_zG.eyJH0-Z.HX4w-7v");
+    ///
+    /// // Any other response: no retry.
+    /// let ok = http::Response::builder().status(200).header("dpop-nonce", "n").body(())?;
+    /// assert!(key.retry_proof(&ok, "POST", "https://mcp.example.com/mcp", "the-token").is_none());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn retry_proof<B>(
+        &self,
+        response: &http::Response<B>,
+        method: &str,
+        url: &str,
+        access_token: &str,
+    ) -> Option<String> {
+        let nonce = nonce_challenge(response)?;
+        Some(
+            self.proof_builder(method, url, access_token)
+                .nonce(nonce)
+                .sign(),
+        )
+    }
+
     fn sign_raw(&self, header: &[u8], payload: &[u8]) -> String {
         let input = format!(
             "{}.{}",
@@ -296,6 +374,107 @@ impl DevDpopKey {
         let signature: Signature = self.key.sign(input.as_bytes());
         format!("{input}.{}", URL_SAFE_NO_PAD.encode(signature.to_bytes()))
     }
+}
+
+/// Why [`DevDpopKey::from_pkcs8_pem`] refused a key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DevKeyError {
+    /// Not an unencrypted PKCS#8 PEM P-256 private key.
+    #[error("not an unencrypted PKCS#8 PEM P-256 private key")]
+    InvalidKey,
+}
+
+/// The nonce a resource server asks for (RFC 9449 §9): `Some` for a 401 whose `WWW-Authenticate`
+/// has a `DPoP` challenge with `error="use_dpop_nonce"` and that carries one `DPoP-Nonce`
+/// header with a valid nonce (RFC 9449 §8.1: one or more of `%x21 / %x23-5B / %x5D-7E`).
+///
+/// ```
+/// use tower_mcp_auth::testing::nonce_challenge;
+///
+/// let refused = http::Response::builder()
+///     .status(401)
+///     .header("www-authenticate", r#"Bearer resource_metadata="https://x/m", DPoP error="use_dpop_nonce""#)
+///     .header("dpop-nonce", "n-1")
+///     .body(())?;
+/// assert_eq!(nonce_challenge(&refused), Some("n-1"));
+/// let bad_proof = http::Response::builder()
+///     .status(401)
+///     .header("www-authenticate", r#"DPoP error="invalid_dpop_proof""#)
+///     .header("dpop-nonce", "n-1")
+///     .body(())?;
+/// assert_eq!(nonce_challenge(&bad_proof), None);
+/// # Ok::<(), http::Error>(())
+/// ```
+pub fn nonce_challenge<B>(response: &http::Response<B>) -> Option<&str> {
+    if response.status() != http::StatusCode::UNAUTHORIZED {
+        return None;
+    }
+    let asks = response
+        .headers()
+        .get_all(http::header::WWW_AUTHENTICATE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(asks_for_nonce);
+    if !asks {
+        return None;
+    }
+    let mut nonces = response.headers().get_all("dpop-nonce").iter();
+    let (Some(nonce), None) = (nonces.next(), nonces.next()) else {
+        return None;
+    };
+    nonce.to_str().ok().filter(|n| {
+        !n.is_empty()
+            && n.bytes()
+                .all(|b| matches!(b, 0x21 | 0x23..=0x5B | 0x5D..=0x7E))
+    })
+}
+
+/// Whether a `WWW-Authenticate` value holds a `DPoP` challenge with `error="use_dpop_nonce"`.
+/// Challenges may share one value (`Bearer …, DPoP …`); a `DPoP` scheme token starts a challenge
+/// at the start of the value or after a comma.
+fn asks_for_nonce(value: &str) -> bool {
+    let mut in_dpop = false;
+    // Split on commas outside quoted strings: good enough for the parameters servers send.
+    for part in split_unquoted_commas(value) {
+        let part = part.trim_start();
+        let (first, rest) = part.split_once(' ').unwrap_or((part, ""));
+        let param = if first.contains('=') {
+            part
+        } else {
+            in_dpop = first.eq_ignore_ascii_case("dpop");
+            rest.trim_start()
+        };
+        if in_dpop {
+            let param = param.trim();
+            if let Some((name, value)) = param.split_once('=')
+                && name.trim().eq_ignore_ascii_case("error")
+                && value.trim().trim_matches('"') == "use_dpop_nonce"
+            {
+                return true;
+            }
+        }
+    }
+    false
+}
+
+fn split_unquoted_commas(value: &str) -> Vec<&str> {
+    let mut parts = Vec::new();
+    let (mut start, mut quoted, mut escaped) = (0, false, false);
+    for (i, c) in value.char_indices() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' if quoted => escaped = true,
+            '"' => quoted = !quoted,
+            ',' if !quoted => {
+                parts.push(&value[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    parts.push(&value[start..]);
+    parts
 }
 
 impl Default for DevDpopKey {
@@ -325,6 +504,12 @@ impl ProofBuilder<'_> {
     /// Sets the server-provided `nonce`.
     pub fn nonce(self, nonce: &str) -> Self {
         self.claim("nonce", nonce)
+    }
+
+    /// Sets `iat` (seconds since the epoch), e.g. to match a fixed
+    /// [`Clock`](crate::dpop::Clock) on the server.
+    pub fn issued_at(self, iat: u64) -> Self {
+        self.claim("iat", iat)
     }
 
     /// Sets any claim.

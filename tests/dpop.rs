@@ -1,13 +1,15 @@
 //! DPoP (RFC 9449) through the real stack, in process.
 //!
 //! - Golden vectors: RFC 9449 §6.1 / RFC 7638 §3.1 / RFC 8037 A.3 JWK thumbprints, the RFC 9449
-//!   §7.1 `ath`, and the RFC 9449 Figure 13 proof driven through `DpopLayer` + `TokenLayer`, whose
-//!   key thumbprint must be the RFC's `jkt`.
+//!   §7.1 `ath`, and the RFC 9449 Figure 13 proof driven through `DpopLayer` + `TokenLayer` with
+//!   the layer's clock fixed at the RFC's `iat` and the default window (accepted from 10 s before
+//!   to 60 s after, refused one second beyond), whose key thumbprint must be the RFC's `jkt`.
 //! - A table of hostile proofs through `McpAuth::layer()` with `DpopMode::Allowed`: every row
 //!   states the exact status, which challenge (`Bearer` or `DPoP`) carries the `error`, the `error`
 //!   value, the `AuthErrorKind` and its fixed detail; the inner service is never reached and no
 //!   token or proof text is reflected.
-//! - Modes (`Required`, `Off`), server nonces, 50 concurrent replays, a full replay store.
+//! - Modes (`Required`, `Off`), server nonces (also step by step at a fixed clock, and the
+//!   `DevDpopKey::retry_proof` helper), 50 concurrent replays, a full replay store.
 
 mod common;
 
@@ -157,18 +159,23 @@ impl TokenVerifier for OpaqueVerifier {
     }
 }
 
+/// The RFC 9449 Figure 13 proof's `iat`.
+const RFC9449_IAT: u64 = 1_562_262_618;
+
 /// Sends the RFC 9449 Figure 13 request through `DpopLayer` + `TokenLayer` whose verifier binds
-/// the RFC token to `jkt`. The layers read the system clock, so instead of fixing the clock the
-/// window is widened to cover the RFC's 2019 `iat`.
+/// the RFC token to `jkt`, with the DPoP layer's clock fixed at `now` and the default window
+/// (60 s past, 10 s ahead).
 async fn send_figure_13(
     store: Arc<InMemoryReplayStore>,
     jkt: &str,
-) -> (u16, Option<AuthError>, Option<Principal>) {
+    now: u64,
+) -> (u16, Option<AuthError>, Option<Principal>, Vec<String>) {
     let challenge = ChallengeConfig::new(METADATA_URL).with_dpop_algs("ES256");
-    let mut config = DpopConfig::with_mode(DpopMode::Allowed);
-    config.max_age_secs = 1_000_000_000;
-    config.algorithms = vec![tower_mcp_auth::SigningAlgorithm::ES256];
-    let dpop = DpopLayer::new(&config, RFC9449_HTU, challenge.clone(), store).unwrap();
+    let config = DpopConfig::with_mode(DpopMode::Allowed);
+    assert_eq!((config.max_age_secs, config.max_future_secs), (60, 10));
+    let dpop = DpopLayer::new(&config, RFC9449_HTU, challenge.clone(), store)
+        .unwrap()
+        .with_clock(move || now);
     let verifier = OpaqueVerifier {
         token: RFC9449_TOKEN,
         jkt: jkt.to_owned(),
@@ -187,33 +194,101 @@ async fn send_figure_13(
         .unwrap();
     let resp = dpop.layer(token.layer(inner)).oneshot(req).await.unwrap();
     let principal = seen.lock().unwrap().take();
+    let www = resp
+        .headers()
+        .get_all(WWW_AUTHENTICATE)
+        .iter()
+        .map(|v| v.to_str().unwrap().to_owned())
+        .collect();
     (
         resp.status().as_u16(),
         resp.extensions().get::<AuthError>().cloned(),
         principal,
+        www,
     )
 }
 
 #[tokio::test]
 async fn golden_rfc9449_figure_13_through_the_proof_path() {
     let store = Arc::new(InMemoryReplayStore::new(16));
-    // Bound to another key: the proof verifies (signature, htm, htu, ath) but its key's
-    // thumbprint is not the token's.
+    // Bound to another key: the proof verifies (signature, htm, htu, ath, iat at the RFC's
+    // time) but its key's thumbprint is not the token's.
     let other = DevDpopKey::new();
-    let (status, error, principal) = send_figure_13(store.clone(), other.jkt()).await;
+    let (status, error, principal, _) =
+        send_figure_13(store.clone(), other.jkt(), RFC9449_IAT).await;
     assert_eq!(status, 401);
     assert_eq!(error.map(|e| e.kind()), Some(K::DpopKeyMismatch));
     assert!(principal.is_none());
     // Bound to the RFC's jkt: accepted, so the proof path computed exactly that thumbprint.
-    let (status, error, principal) = send_figure_13(store.clone(), RFC9449_JKT).await;
+    let (status, error, principal, _) =
+        send_figure_13(store.clone(), RFC9449_JKT, RFC9449_IAT).await;
     assert_eq!(status, 200, "{error:?}");
     let principal = principal.expect("inner reached");
     assert_eq!(principal.binding(), Binding::Dpop);
     assert_eq!(principal.key_thumbprint(), Some(RFC9449_JKT));
     // And the proof is used up.
-    let (status, error, _) = send_figure_13(store, RFC9449_JKT).await;
+    let (status, error, _, _) = send_figure_13(store, RFC9449_JKT, RFC9449_IAT).await;
     assert_eq!(status, 401);
     assert_eq!(error.map(|e| e.kind()), Some(K::DpopReplay));
+}
+
+/// The Figure 13 proof against the default window, the clock at the RFC's `iat` plus `offset`:
+/// accepted from 10 s before to 60 s after, refused one second beyond either edge. Each row
+/// uses a fresh replay store, so only the time decides.
+#[tokio::test]
+async fn golden_rfc9449_figure_13_window_at_fixed_times() {
+    let rows: [(i64, Option<&str>); 7] = [
+        (0, None),
+        (60, None),
+        (-10, None),
+        (61, Some("iat too old")),
+        (-11, Some("iat in the future")),
+        (3600, Some("iat too old")),
+        // Today: the RFC's 2019 proof is long expired under the system clock too.
+        (
+            i64::try_from(now() - RFC9449_IAT).unwrap(),
+            Some("iat too old"),
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (offset, refused) in rows {
+        let at = RFC9449_IAT.checked_add_signed(offset).unwrap();
+        let store = Arc::new(InMemoryReplayStore::new(16));
+        let (status, error, principal, www) = send_figure_13(store, RFC9449_JKT, at).await;
+        // Refusals carry the error on the DPoP challenge, after the Bearer one.
+        let dpop_error = www
+            .iter()
+            .find(|c| c.starts_with("DPoP "))
+            .and_then(|c| parse_challenge(c).ok())
+            .and_then(|(_, p)| p.get("error").cloned());
+        let got = (
+            status,
+            error.as_ref().map(AuthError::kind),
+            error.as_ref().and_then(AuthError::detail),
+            principal.map(|p| (p.binding(), p.key_thumbprint().map(str::to_owned))),
+            dpop_error,
+        );
+        let want = match refused {
+            None => (
+                200,
+                None,
+                None,
+                Some((Binding::Dpop, Some(RFC9449_JKT.to_owned()))),
+                None,
+            ),
+            Some(detail) => (
+                401,
+                Some(K::InvalidDpopProof),
+                Some(detail),
+                None,
+                Some("invalid_dpop_proof".to_owned()),
+            ),
+        };
+        if got != want {
+            failures.push(format!("iat{offset:+}: got {got:?}, want {want:?}"));
+        }
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -967,7 +1042,36 @@ fn rows(k: &Keys) -> Vec<Row<'_>> {
         dpop(tok, &pb().without_header("typ").sign()),
         bad_proof("typ is not dpop+jwt"),
     );
-    for (name, typ) in [("typ JWT", "JWT"), ("typ at+jwt", "at+jwt")] {
+    // `typ` is a media type (RFC 7515 §4.1.9, RFC 6838 §4.2): case-insensitive, and
+    // `application/` may be written out.
+    for (name, typ) in [
+        ("typ DPOP+JWT (case-insensitive)", "DPOP+JWT"),
+        (
+            "typ application/dpop+jwt (full media type)",
+            "application/dpop+jwt",
+        ),
+        ("typ Application/DPoP+JWT", "Application/DPoP+JWT"),
+    ] {
+        t.add(
+            name,
+            dpop(tok, &pb().header("typ", typ).sign()),
+            accepted(jkt),
+        );
+    }
+    for (name, typ) in [
+        ("typ JWT", "JWT"),
+        ("typ at+jwt", "at+jwt"),
+        (
+            "typ with a media-type parameter",
+            "application/dpop+jwt; charset=utf-8",
+        ),
+        ("typ text/dpop+jwt", "text/dpop+jwt"),
+        (
+            "typ application/application/dpop+jwt",
+            "application/application/dpop+jwt",
+        ),
+        ("typ with trailing space", "dpop+jwt "),
+    ] {
         t.add(
             name,
             dpop(tok, &pb().header("typ", typ).sign()),
@@ -1894,6 +1998,167 @@ async fn nonces_are_required_issued_and_checked() {
     );
     assert!(problems.is_empty(), "{problems:#?}");
     assert!(nonce_of(&out).is_some());
+}
+
+/// Nonce time steps through the whole stack with the DPoP clock fixed (default step 60 s): a
+/// nonce is good in its step and the next; two steps old, from a later step, or forged, it gets
+/// 401 `use_dpop_nonce` with a fresh `DPoP-Nonce`, and a retry with that nonce passes.
+#[tokio::test]
+async fn nonce_steps_at_a_fixed_clock() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    let k = Keys::new();
+    let mut config = DpopConfig::with_mode(DpopMode::Allowed);
+    config.nonces = true;
+    assert_eq!(config.nonce_step_secs, 60);
+    // Step-aligned, so offsets 0..59 are one step.
+    let t0 = now() / 60 * 60;
+    let clock = Arc::new(AtomicU64::new(t0));
+    let auth = McpAuth::builder()
+        .resource(RESOURCE)
+        .issuer(k.dev.issuer_config())
+        .policy(ToolScopes::new().tool("whoami", Vec::<String>::new()))
+        .dpop(config)
+        .dpop_clock({
+            let clock = clock.clone();
+            move || clock.load(Ordering::SeqCst)
+        })
+        .build()
+        .unwrap();
+    let tok = &k.token;
+    let jkt = k.key.jkt();
+    let at = |offset: u64| {
+        clock.store(t0 + offset, Ordering::SeqCst);
+        k.key
+            .proof_builder("POST", RESOURCE, tok)
+            .issued_at(t0 + offset)
+    };
+    // The nonce the server hands out at each offset (from a refusal of a nonce-less proof).
+    let mut issued = BTreeMap::new();
+    for offset in [0, 60, 120, 180] {
+        let out = send(&auth, dpop(tok, &at(offset).sign()).request).await;
+        let problems = refusal_problems(&out, &USE_NONCE, true);
+        assert!(problems.is_empty(), "t0+{offset}: {problems:#?}");
+        issued.insert(offset, nonce_of(&out).expect("DPoP-Nonce"));
+    }
+    let n = |offset: u64| issued[&offset].clone();
+    let distinct: BTreeSet<_> = issued.values().collect();
+    assert_eq!(distinct.len(), 4, "one nonce per step: {issued:?}");
+
+    // A nonce with the current step's prefix and another step's tag, and random bytes.
+    let raw = |nonce: &str| URL_SAFE_NO_PAD.decode(nonce).unwrap();
+    let mut spliced = raw(&n(0));
+    spliced[8..].copy_from_slice(&raw(&n(60))[8..]);
+    let spliced = b64(spliced);
+    let mut random = [0u8; 24];
+    random[..8].copy_from_slice(&(t0 / 60).to_be_bytes());
+    random[8..].copy_from_slice(&uuid::Uuid::new_v4().into_bytes());
+    let forged = b64(random);
+
+    // (row, clock offset, nonce sent, Ok(nonce on the success) or Err(fresh nonce expected)).
+    let rows: Vec<(&str, u64, String, Result<String, String>)> = vec![
+        ("current step", 0, n(0), Ok(n(0))),
+        ("current step, its last second", 59, n(0), Ok(n(0))),
+        ("previous step", 60, n(0), Ok(n(60))),
+        ("previous step, its last second", 119, n(0), Ok(n(60))),
+        ("two steps old", 120, n(0), Err(n(120))),
+        ("three steps old", 180, n(0), Err(n(180))),
+        ("two steps old, later nonce", 180, n(60), Err(n(180))),
+        ("from a later step", 0, n(60), Err(n(0))),
+        ("forged for the current step", 0, forged, Err(n(0))),
+        (
+            "current step with another step's tag",
+            0,
+            spliced,
+            Err(n(0)),
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (name, offset, nonce, expect) in rows {
+        let sent = dpop(tok, &at(offset).nonce(&nonce).sign());
+        let out = send(&auth, sent.request).await;
+        let mut problems = reflection_problems(&out, &sent.secrets);
+        match &expect {
+            Ok(next) => {
+                problems.extend(acceptance_problems(&out, Some(jkt)));
+                if nonce_of(&out).as_ref() != Some(next) {
+                    problems.push(format!("success nonce {:?} != {next:?}", nonce_of(&out)));
+                }
+            }
+            Err(fresh) => {
+                problems.extend(refusal_problems(&out, &USE_NONCE, true));
+                let got = nonce_of(&out);
+                if got.as_ref() != Some(fresh) || got.as_ref() == Some(&nonce) {
+                    problems.push(format!("fresh nonce {got:?}, expected {fresh:?}"));
+                }
+                // The client retries at once with the fresh nonce, at the same time: accepted.
+                let retry = at(offset).nonce(fresh).sign();
+                let out = send(&auth, dpop(tok, &retry).request).await;
+                problems.extend(
+                    acceptance_problems(&out, Some(jkt))
+                        .into_iter()
+                        .map(|p| format!("retry: {p}")),
+                );
+            }
+        }
+        failures.extend(problems.into_iter().map(|p| format!("[{name}] {p}")));
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
+}
+
+/// `DevDpopKey::retry_proof` answers the layer's own `use_dpop_nonce` refusal (system clock).
+#[tokio::test]
+async fn retry_proof_answers_the_nonce_challenge() {
+    let k = Keys::new();
+    let mut config = DpopConfig::with_mode(DpopMode::Allowed);
+    config.nonces = true;
+    let auth = McpAuth::builder()
+        .resource(RESOURCE)
+        .issuer(k.dev.issuer_config())
+        .policy(ToolScopes::new().tool("whoami", Vec::<String>::new()))
+        .dpop(config)
+        .build()
+        .unwrap();
+    let tok = &k.token;
+    early_in_a_second().await;
+    let out = send(
+        &auth,
+        dpop(tok, &k.key.proof("POST", RESOURCE, tok)).request,
+    )
+    .await;
+    assert!(refusal_problems(&out, &USE_NONCE, true).is_empty());
+    let mut refused = Response::new(());
+    *refused.status_mut() = http::StatusCode::from_u16(out.status).unwrap();
+    *refused.headers_mut() = out.headers.clone();
+    assert_eq!(
+        tower_mcp_auth::testing::nonce_challenge(&refused),
+        nonce_of(&out).as_deref()
+    );
+    let retry = k
+        .key
+        .retry_proof(&refused, "POST", RESOURCE, tok)
+        .expect("a use_dpop_nonce refusal");
+    let out = send(&auth, dpop(tok, &retry).request).await;
+    let problems = acceptance_problems(&out, Some(k.key.jkt()));
+    assert!(problems.is_empty(), "{problems:#?}");
+    // The success is not a challenge: no second retry.
+    let mut ok = Response::new(());
+    *ok.headers_mut() = out.headers.clone();
+    assert!(k.key.retry_proof(&ok, "POST", RESOURCE, tok).is_none());
+    // Another refusal (a bad proof) with a nonce is not a nonce challenge either.
+    let bad = k
+        .key
+        .proof_builder("POST", RESOURCE, tok)
+        .nonce(&nonce_of(&out).unwrap())
+        .claim("htm", "GET")
+        .sign();
+    let out = send(&auth, dpop(tok, &bad).request).await;
+    assert_eq!(out.status, 401);
+    let mut refused = Response::new(());
+    *refused.status_mut() = http::StatusCode::UNAUTHORIZED;
+    *refused.headers_mut() = out.headers.clone();
+    assert!(out.headers.contains_key("dpop-nonce"));
+    assert_eq!(tower_mcp_auth::testing::nonce_challenge(&refused), None);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -13,7 +13,9 @@
 //! configured one); endpoint errors (5xx, 4xx, unreachable, hanging, oversized) are 503 with
 //! `Retry-After` and never an acceptance, and are not cached; a second use within the cache TTL
 //! does not call the endpoint, one after it does; JWT-shaped tokens never reach the endpoint;
-//! a revocation list refuses a cached opaque token without asking the endpoint.
+//! a revocation list refuses a cached opaque token without asking the endpoint; introspected
+//! sender-bound tokens (`token_type: DPoP` + `cnf.jkt`, `cnf.x5t#S256`) are accepted only with
+//! their proof or certificate, also when the verdict comes from the cache.
 
 use std::collections::{HashMap, HashSet};
 use std::convert::Infallible;
@@ -37,14 +39,17 @@ use p256::pkcs8::DecodePublicKey as _;
 use serde_json::{Value, json};
 use tower::{Layer as _, ServiceExt as _};
 use tower_mcp_auth::config::IntrospectionConfig;
+use tower_mcp_auth::dpop::{DpopConfig, DpopMode};
 use tower_mcp_auth::http_client::ReqwestHttpClient;
+use tower_mcp_auth::mtls::ClientCertificate;
 use tower_mcp_auth::policy::{Decision, PolicyRequest};
-use tower_mcp_auth::testing::DevIssuer;
+use tower_mcp_auth::testing::{DevDpopKey, DevIssuer};
 use tower_mcp_auth::token::{
     ClientAuth, InMemoryRevocationList, IntrospectionVerifier, RequiredClaims,
 };
 use tower_mcp_auth::{
-    AuthError, AuthErrorKind, ConfigError, McpAuth, McpAuthConfig, Principal, SigningAlgorithm,
+    AuthError, AuthErrorKind, Binding, ConfigError, McpAuth, McpAuthConfig, Principal,
+    SigningAlgorithm,
 };
 
 const RESOURCE: &str = "https://mcp.example.com/mcp";
@@ -381,16 +386,20 @@ struct Answer {
 }
 
 async fn send(auth: &McpAuth, token: &str) -> Answer {
+    let request = Request::get(RESOURCE)
+        .header("authorization", format!("Bearer {token}"))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    send_request(auth, request).await
+}
+
+async fn send_request(auth: &McpAuth, request: Request<Full<Bytes>>) -> Answer {
     let seen = Arc::new(Mutex::new(None));
     let record = seen.clone();
     let inner = tower::service_fn(move |req: Request<Full<Bytes>>| {
         *record.lock().unwrap() = req.extensions().get::<Principal>().cloned();
         async { Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"inner")))) }
     });
-    let request = Request::get(RESOURCE)
-        .header("authorization", format!("Bearer {token}"))
-        .body(Full::new(Bytes::new()))
-        .unwrap();
     let response = auth.layer().layer(inner).oneshot(request).await.unwrap();
     let principal = seen.lock().unwrap().take();
     Answer {
@@ -1455,4 +1464,161 @@ async fn introspection_cache_stats_count_hits_and_misses() {
         .build()
         .unwrap();
     assert!(plain.introspection_cache_stats().is_none());
+}
+
+/// The `WWW-Authenticate` challenge that carries an `error`: (scheme, error), e.g.
+/// `("Bearer", "invalid_token")`; `None` if no challenge carries one.
+fn error_challenge(headers: &HeaderMap) -> Option<(String, String)> {
+    headers.get_all(WWW_AUTHENTICATE).iter().find_map(|v| {
+        let v = v.to_str().ok()?;
+        let (scheme, params) = v.split_once(' ')?;
+        let error = params.split("error=\"").nth(1)?.split('"').next()?;
+        Some((scheme.to_owned(), error.to_owned()))
+    })
+}
+
+/// How a row should end: accepted with this binding and key thumbprint, or refused with
+/// (status, kind, scheme of the challenge carrying the error, error code).
+type Outcome = Result<(Binding, String), (u16, AuthErrorKind, String, String)>;
+
+fn refused(status: u16, kind: AuthErrorKind, scheme: &str, error: &str) -> Outcome {
+    Err((status, kind, scheme.to_owned(), error.to_owned()))
+}
+
+#[tokio::test]
+async fn introspected_bound_tokens_need_their_proof_or_certificate() {
+    use AuthErrorKind as K;
+    let dev = DevIssuer::new(ISSUER);
+    let (expect, auth_method) = basic();
+    let stub = Stub::start(expect).await;
+    let auth = McpAuth::builder()
+        .resource(RESOURCE)
+        .issuer(dev.issuer_config())
+        .policy(|_: &PolicyRequest<'_>| Decision::Allow)
+        .dpop(DpopConfig::with_mode(DpopMode::Allowed))
+        .introspection(Arc::new(IntrospectionVerifier::new(
+            stub.url.clone(),
+            auth_method,
+            RESOURCE,
+            client(),
+        )))
+        .build()
+        .unwrap();
+
+    let key = DevDpopKey::new();
+    let other_key = DevDpopKey::new();
+    let dpop_token = opaque_token();
+    stub.answer(
+        &dpop_token,
+        with(
+            active("op-dpop"),
+            json!({"token_type": "DPoP", "cnf": {"jkt": key.jkt()}}),
+        ),
+    );
+    // Any DER works: the thumbprint is SHA-256 over the bytes the TLS layer verified.
+    let cert = ClientCertificate::from_der(b"\x30\x03\x02\x01\x01".to_vec());
+    let other_cert = ClientCertificate::from_der(b"\x30\x03\x02\x01\x02".to_vec());
+    let mtls_token = opaque_token();
+    stub.answer(
+        &mtls_token,
+        with(
+            active("op-mtls"),
+            json!({"cnf": {"x5t#S256": cert.thumbprint()}}),
+        ),
+    );
+
+    let get = |authorization: String| {
+        Request::get(RESOURCE)
+            .header(AUTHORIZATION, authorization)
+            .body(Full::new(Bytes::new()))
+            .unwrap()
+    };
+    let with_proof = |token: &str, key: &DevDpopKey| {
+        let mut req = get(format!("DPoP {token}"));
+        req.headers_mut()
+            .insert("dpop", key.proof("GET", RESOURCE, token).parse().unwrap());
+        req
+    };
+    let with_cert = |token: &str, cert: &ClientCertificate| {
+        let mut req = get(format!("Bearer {token}"));
+        req.extensions_mut().insert(cert.clone());
+        req
+    };
+    let jkt = key.jkt().to_owned();
+    let x5t = cert.thumbprint().to_owned();
+    // In order: the first row introspects each token, later rows are cache hits, which must
+    // apply the binding as strictly.
+    let rows: Vec<(&str, Request<Full<Bytes>>, Outcome)> = vec![
+        (
+            "DPoP token with its proof",
+            with_proof(&dpop_token, &key),
+            Ok((Binding::Dpop, jkt.clone())),
+        ),
+        (
+            "DPoP token as Bearer",
+            get(format!("Bearer {dpop_token}")),
+            refused(401, K::MissingProofOfPossession, "Bearer", "invalid_token"),
+        ),
+        (
+            "DPoP token with another key's proof",
+            with_proof(&dpop_token, &other_key),
+            refused(401, K::DpopKeyMismatch, "DPoP", "invalid_token"),
+        ),
+        (
+            "DPoP token, DPoP scheme without a proof",
+            get(format!("DPoP {dpop_token}")),
+            refused(400, K::MissingDpopProof, "DPoP", "invalid_request"),
+        ),
+        (
+            "DPoP token with its proof, from the cache",
+            with_proof(&dpop_token, &key),
+            Ok((Binding::Dpop, jkt.clone())),
+        ),
+        (
+            "certificate-bound token with its certificate",
+            with_cert(&mtls_token, &cert),
+            Ok((Binding::Mtls, x5t.clone())),
+        ),
+        (
+            "certificate-bound token without a certificate",
+            get(format!("Bearer {mtls_token}")),
+            refused(401, K::CertificateMismatch, "Bearer", "invalid_token"),
+        ),
+        (
+            "certificate-bound token with another certificate",
+            with_cert(&mtls_token, &other_cert),
+            refused(401, K::CertificateMismatch, "Bearer", "invalid_token"),
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (name, request, expect) in rows {
+        let answer = send_request(&auth, request).await;
+        let got: Outcome = match &answer.principal {
+            Some(p) if answer.status == StatusCode::OK => Ok((
+                p.binding(),
+                p.key_thumbprint().unwrap_or_default().to_owned(),
+            )),
+            _ => {
+                let (scheme, error) = error_challenge(&answer.headers).unwrap_or_default();
+                Err((
+                    answer.status.as_u16(),
+                    answer.kind.unwrap_or(K::InvalidSignature),
+                    scheme,
+                    error,
+                ))
+            }
+        };
+        if got != expect {
+            failures.push(format!("[{name}] got {got:?}, want {expect:?}"));
+        }
+        if expect.is_ok()
+            && let Some(p) = &answer.principal
+            && p.subject() != "user-1"
+        {
+            failures.push(format!("[{name}] principal {p:?}"));
+        }
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
+    assert_eq!(stub.calls(), 2, "each token introspected once, then cached");
+    assert!(stub.auth_failures().is_empty());
 }

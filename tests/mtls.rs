@@ -2,8 +2,9 @@
 //!
 //! The server wiring is the one of `examples/mtls_notes_server.rs`: rustls requires a client
 //! certificate from a test CA; each connection's verified end-entity certificate is inserted as a
-//! [`ClientCertificate`] into every request's extensions; an rmcp stateless streamable-HTTP
-//! server with a `whoami` tool sits behind `McpAuth`. A reqwest client with a client identity
+//! [`ClientCertificate`] into every request's extensions; the examples' notes server
+//! (`examples/common/notes.rs`, included with `#[path]`, so no example binary is needed) sits
+//! behind `McpAuth` with its scope map. A reqwest client with a client identity
 //! calls `tools/call whoami`. A second, plain-HTTP stack (no certificate extension) shows that a
 //! bound token is refused without a certificate while an unbound token still works.
 
@@ -13,7 +14,6 @@ use std::time::Duration;
 
 use axum::Router;
 use http::Request;
-use http::request::Parts;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
@@ -21,14 +21,8 @@ use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose,
 };
-use rmcp::{
-    ServerHandler,
-    handler::server::{router::tool::ToolRouter, tool::Extension},
-    model::{ServerCapabilities, ServerConfig},
-    tool, tool_handler, tool_router,
-    transport::streamable_http_server::{
-        StreamableHttpServerConfig, StreamableHttpService, session::never::NeverSessionManager,
-    },
+use rmcp::transport::streamable_http_server::{
+    StreamableHttpServerConfig, StreamableHttpService, session::never::NeverSessionManager,
 };
 use rustls::pki_types::{CertificateDer, PrivatePkcs8KeyDer};
 use rustls::server::WebPkiClientVerifier;
@@ -36,45 +30,22 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tower_mcp_auth::mtls::ClientCertificate;
-use tower_mcp_auth::policy::ToolScopes;
 use tower_mcp_auth::testing::DevIssuer;
-use tower_mcp_auth::{AuthErrorKind, McpAuth, Principal};
+use tower_mcp_auth::{AuthErrorKind, McpAuth};
 
 const PROTOCOL_VERSION: &str = "2025-11-25";
 const TIMEOUT: Duration = Duration::from_secs(5);
 
 // ---------------------------------------------------------------------------
-// The MCP server: `whoami` reports the principal and how its token was bound.
+// The MCP server: the examples' notes server (`examples/common/notes.rs`, compiled in), whose
+// `whoami` reports the principal and how its token was bound.
 // ---------------------------------------------------------------------------
 
-#[derive(Clone)]
-struct WhoAmI {
-    tool_router: ToolRouter<Self>,
-}
+#[allow(dead_code)]
+#[path = "../examples/common/notes.rs"]
+mod notes;
 
-#[tool_router]
-impl WhoAmI {
-    #[tool(description = "The verified caller and its token binding, as JSON.")]
-    async fn whoami(&self, Extension(parts): Extension<Parts>) -> Result<String, String> {
-        let principal = parts
-            .extensions
-            .get::<Principal>()
-            .ok_or_else(|| "no principal on this request".to_owned())?;
-        let me = json!({
-            "subject": principal.subject(),
-            "binding": principal.binding().as_str(),
-            "key_thumbprint": principal.key_thumbprint(),
-        });
-        Ok(me.to_string())
-    }
-}
-
-#[tool_handler(router = self.tool_router)]
-impl ServerHandler for WhoAmI {
-    fn get_info(&self) -> ServerConfig {
-        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
-    }
-}
+use notes::{NotesServer, NotesStore, notes_scopes};
 
 // ---------------------------------------------------------------------------
 // Test PKI: one CA, a server certificate, two client certificates.
@@ -193,20 +164,17 @@ fn app(scheme: &str, addr: SocketAddr) -> (Router, Server) {
     let auth = McpAuth::builder()
         .resource(resource.clone())
         .issuer(dev.issuer_config())
-        .scopes_supported(["notes:read"])
-        .policy(ToolScopes::new().tool("whoami", ["notes:read"]))
+        .scopes_supported(["notes:read", "notes:write", "notes:admin"])
+        .policy(notes_scopes())
         .build()
         .unwrap();
     let config = StreamableHttpServerConfig::default()
         .with_legacy_session_mode(false)
         .with_json_response(true)
         .with_allowed_hosts([addr.to_string()]);
+    let store = NotesStore::default();
     let mcp = StreamableHttpService::new(
-        || {
-            Ok(WhoAmI {
-                tool_router: WhoAmI::tool_router(),
-            })
-        },
+        move || Ok(NotesServer::new(store.clone())),
         Arc::new(NeverSessionManager::default()),
         config,
     );
@@ -285,7 +253,7 @@ struct Reply {
 }
 
 impl Reply {
-    /// The JSON `whoami` returned.
+    /// The JSON a tool returned (`whoami`, `add_note`, `list_notes`).
     fn whoami(&self) -> Value {
         assert_eq!(self.status, 200, "{}", self.body);
         assert_ne!(self.body["result"]["isError"], true, "{}", self.body);
@@ -293,6 +261,16 @@ impl Reply {
             .as_str()
             .unwrap_or_else(|| panic!("no text content: {}", self.body));
         serde_json::from_str(text).unwrap()
+    }
+
+    /// `whoami`'s subject, binding and key thumbprint.
+    fn binding(&self) -> Value {
+        let me = self.whoami();
+        json!({
+            "subject": me["subject"],
+            "binding": me["binding"],
+            "key_thumbprint": me["key_thumbprint"],
+        })
     }
 
     /// Asserts a 401 `invalid_token` for a certificate mismatch, in the body and the challenge.
@@ -319,11 +297,21 @@ async fn call_whoami(
     server: &Server,
     token: &str,
 ) -> reqwest::Result<Reply> {
+    call_tool(client, server, token, "whoami", json!({})).await
+}
+
+async fn call_tool(
+    client: &reqwest::Client,
+    server: &Server,
+    token: &str,
+    name: &str,
+    arguments: Value,
+) -> reqwest::Result<Reply> {
     let call = json!({
         "jsonrpc": "2.0",
         "id": 1,
         "method": "tools/call",
-        "params": {"name": "whoami", "arguments": {}}
+        "params": {"name": name, "arguments": arguments}
     });
     let response = client
         .post(&server.resource)
@@ -388,13 +376,67 @@ async fn bound_token_with_its_certificate_is_accepted() {
         .await
         .unwrap();
     assert_eq!(
-        reply.whoami(),
+        reply.binding(),
         json!({
             "subject": "dev-user",
             "binding": "mtls",
             "key_thumbprint": alice.thumbprint(),
         })
     );
+}
+
+/// The notes tools over mTLS: a bound `notes:read notes:write` token adds and lists notes; the
+/// scope map still applies (`delete_note` needs `notes:admin`: 403 `insufficient_scope`).
+#[tokio::test]
+async fn notes_tools_over_mtls_with_the_scope_map() {
+    let pki = Pki::generate();
+    let server = start_mtls(&pki).await;
+    let alice = pki.alice.client_certificate();
+    let client = pki.client(Some(&pki.alice));
+    let token = server
+        .dev
+        .token(&server.resource)
+        .claim("cnf", json!({ "x5t#S256": alice.thumbprint() }))
+        .scope("notes:read notes:write")
+        .sign();
+
+    let added = call_tool(
+        &client,
+        &server,
+        &token,
+        "add_note",
+        json!({"text": "over mTLS"}),
+    )
+    .await
+    .unwrap()
+    .whoami();
+    assert_eq!(added, json!({"id": 1, "text": "over mTLS"}));
+    let listed = call_tool(&client, &server, &token, "list_notes", json!({}))
+        .await
+        .unwrap()
+        .whoami();
+    assert_eq!(listed, json!([{"id": 1, "text": "over mTLS"}]));
+
+    let denied = call_tool(&client, &server, &token, "delete_note", json!({"id": 1}))
+        .await
+        .unwrap();
+    assert_eq!(denied.status, 403, "{}", denied.body);
+    let challenge = denied
+        .www_authenticate
+        .as_deref()
+        .expect("WWW-Authenticate");
+    assert!(
+        challenge.starts_with("Bearer ")
+            && challenge.contains(r#"error="insufficient_scope""#)
+            && challenge.contains(r#"scope="notes:admin""#),
+        "{challenge}"
+    );
+    // The same token from another client's certificate: refused before any tool runs.
+    let mallory = pki.client(Some(&pki.mallory));
+    call_tool(&mallory, &server, &token, "list_notes", json!({}))
+        .await
+        .unwrap()
+        .assert_certificate_mismatch();
 }
 
 /// The same token from a client with another certificate of the same CA is refused with 401
@@ -462,7 +504,7 @@ async fn without_a_certificate_bound_tokens_are_refused_and_bearer_tokens_work()
     let me = call_whoami(&client, &server, &unbound)
         .await
         .unwrap()
-        .whoami();
+        .binding();
     assert_eq!(
         me,
         json!({"subject": "dev-user", "binding": "bearer", "key_thumbprint": null})

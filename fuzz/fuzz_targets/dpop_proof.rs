@@ -206,7 +206,10 @@ fn check_accepted(h: &Harness, header: &[u8], claims: &[u8]) {
     let now = common::now();
     let header: Value = serde_json::from_slice(header).expect("accepted header is JSON");
     let typ = header["typ"].as_str().expect("typ");
-    assert!(typ.eq_ignore_ascii_case("dpop+jwt"), "typ {typ:?}");
+    assert!(
+        typ.eq_ignore_ascii_case("dpop+jwt") || typ.eq_ignore_ascii_case("application/dpop+jwt"),
+        "typ {typ:?}"
+    );
     assert_eq!(header["alg"], "ES256");
     assert!(header.get("crit").is_none());
     let jwk = header["jwk"].as_object().expect("jwk");

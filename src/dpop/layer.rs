@@ -96,6 +96,53 @@ impl DpopConfig {
     }
 }
 
+/// The time source of a [`DpopLayer`]: seconds since the Unix epoch.
+///
+/// The layer reads it once per request, for the `iat` window and the nonce time step. The
+/// default is [`SystemClock`]; tests fix or move the clock to check window edges and nonce
+/// rotation at exact instants. Any `Fn() -> u64 + Send + Sync + 'static` is a clock:
+///
+/// ```
+/// use std::sync::Arc;
+/// use std::sync::atomic::{AtomicU64, Ordering};
+/// use tower_mcp_auth::dpop::Clock;
+///
+/// let time = Arc::new(AtomicU64::new(1_562_262_618));
+/// let clock = {
+///     let time = time.clone();
+///     move || time.load(Ordering::SeqCst)
+/// };
+/// assert_eq!(clock.now_unix_secs(), 1_562_262_618);
+/// time.fetch_add(61, Ordering::SeqCst);
+/// assert_eq!(clock.now_unix_secs(), 1_562_262_679);
+/// ```
+pub trait Clock: Send + Sync + 'static {
+    /// Whole seconds since the Unix epoch.
+    fn now_unix_secs(&self) -> u64;
+}
+
+impl<F> Clock for F
+where
+    F: Fn() -> u64 + Send + Sync + 'static,
+{
+    fn now_unix_secs(&self) -> u64 {
+        self()
+    }
+}
+
+/// The system wall clock ([`SystemTime::now`]); 0 if it reads before the epoch.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now_unix_secs(&self) -> u64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0)
+    }
+}
+
 /// The verified proof, as the token layer sees it. Use is recorded (replay protection) only
 /// once the token layer has checked everything else.
 #[derive(Clone)]
@@ -152,6 +199,7 @@ pub struct DpopLayer {
     shared: Option<Arc<DpopShared>>,
 }
 
+#[derive(Clone)]
 struct DpopShared {
     htu: String,
     /// `scheme://authority` of `htu`, to rebuild the request's URL from its path.
@@ -165,6 +213,7 @@ struct DpopShared {
     nonces: Option<NonceIssuer>,
     store: Arc<dyn ReplayStore>,
     challenge: ChallengeConfig,
+    clock: Arc<dyn Clock>,
 }
 
 /// Why a DPoP layer could not be built.
@@ -210,6 +259,7 @@ impl DpopLayer {
                     .then(|| NonceIssuer::random(config.nonce_step_secs)),
                 store,
                 challenge,
+                clock: Arc::new(SystemClock),
             })),
         })
     }
@@ -222,22 +272,29 @@ impl DpopLayer {
 
     /// The same layer with a given nonce issuer (e.g. a secret shared by several servers).
     pub fn with_nonce_issuer(self, issuer: NonceIssuer) -> Self {
-        let Some(s) = &self.shared else {
+        self.map_shared(|s| s.nonces = Some(issuer))
+    }
+
+    /// The same layer reading time from `clock` instead of the system clock: the `iat` window
+    /// (`max_age_secs` / `max_future_secs`) and the nonce time step are computed from it. For
+    /// tests at fixed instants, or a time source you trust more than the host's. A disabled
+    /// layer is returned unchanged.
+    pub fn with_clock(self, clock: impl Clock) -> Self {
+        self.with_shared_clock(Arc::new(clock))
+    }
+
+    pub(crate) fn with_shared_clock(self, clock: Arc<dyn Clock>) -> Self {
+        self.map_shared(|s| s.clock = clock)
+    }
+
+    fn map_shared(self, f: impl FnOnce(&mut DpopShared)) -> Self {
+        let Some(shared) = self.shared else {
             return self;
         };
+        let mut shared = Arc::unwrap_or_clone(shared);
+        f(&mut shared);
         Self {
-            shared: Some(Arc::new(DpopShared {
-                htu: s.htu.clone(),
-                origin: s.origin.clone(),
-                path: s.path.clone(),
-                algorithms: s.algorithms,
-                max_age: s.max_age,
-                max_future: s.max_future,
-                max_len: s.max_len,
-                nonces: Some(issuer),
-                store: s.store.clone(),
-                challenge: s.challenge.clone(),
-            })),
+            shared: Some(Arc::new(shared)),
         }
     }
 
@@ -299,13 +356,6 @@ impl<S: fmt::Debug> fmt::Debug for Dpop<S> {
             .field("inner", &self.inner)
             .finish_non_exhaustive()
     }
-}
-
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 impl DpopShared {
@@ -413,7 +463,7 @@ where
                 },
             };
         };
-        let now = now();
+        let now = shared.clock.now_unix_secs();
         let nonce = shared
             .nonces
             .as_ref()

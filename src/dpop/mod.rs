@@ -12,6 +12,10 @@
 //! the token layer accepts the token only if `cnf.jkt` equals the evidence's thumbprint, and
 //! records the proof's (key, `jti`) in the [`ReplayStore`] last, after every other check.
 //!
+//! Time comes from a [`Clock`] ([`SystemClock`] by default; [`DpopLayer::with_clock`] or
+//! [`McpAuthBuilder::dpop_clock`](crate::McpAuthBuilder::dpop_clock) replace it), read once per
+//! request for both the `iat` window and the nonce time step.
+//!
 //! Failures: a missing or repeated `DPoP` header is 400 `invalid_request`; a bad or replayed
 //! proof 401 `invalid_dpop_proof`; a key mismatch 401 `invalid_token`; a missing nonce 401
 //! `use_dpop_nonce` with a `DPoP-Nonce` header; a bound token presented as `Bearer` 401
@@ -27,7 +31,8 @@ mod replay;
 pub use crate::keys::jwk_thumbprint;
 pub use htu::normalize_htu;
 pub use layer::{
-    Dpop, DpopConfig, DpopConfigError, DpopEvidence, DpopLayer, DpopMode, ResponseFuture,
+    Clock, Dpop, DpopConfig, DpopConfigError, DpopEvidence, DpopLayer, DpopMode, ResponseFuture,
+    SystemClock,
 };
 pub use nonce::NonceIssuer;
 pub use replay::{InMemoryReplayStore, ReplayError, ReplayKey, ReplayStore};

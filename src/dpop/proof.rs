@@ -80,6 +80,22 @@ struct Claims {
     nonce: Option<String>,
 }
 
+/// Whether a `typ` names the `application/dpop+jwt` media type (RFC 9449 §4.2).
+///
+/// `typ` is a media type (RFC 7515 §4.1.9): a value without `/` means `application/` plus the
+/// value, and type and subtype names are case-insensitive (RFC 6838 §4.2). So `dpop+jwt`,
+/// `DPoP+JWT` and `application/dpop+jwt` (any case) are the same type and are all accepted, as
+/// panva's `jose` (used by `oidc-provider`) does. Anything else is refused: media-type
+/// parameters (`; charset=…`), whitespace, another top-level type, a doubled prefix.
+fn is_dpop_typ(typ: &str) -> bool {
+    const PREFIX: &str = "application/";
+    let subtype = match typ.get(..PREFIX.len()) {
+        Some(prefix) if prefix.eq_ignore_ascii_case(PREFIX) => &typ[PREFIX.len()..],
+        _ => typ,
+    };
+    subtype.eq_ignore_ascii_case("dpop+jwt")
+}
+
 /// Longest `jti` accepted.
 const MAX_JTI_LEN: usize = 256;
 
@@ -98,11 +114,7 @@ pub(crate) fn verify_proof(
     if header.crit {
         return Err(invalid("unsupported critical header"));
     }
-    if !header
-        .typ
-        .as_deref()
-        .is_some_and(|t| t.eq_ignore_ascii_case("dpop+jwt"))
-    {
+    if !header.typ.as_deref().is_some_and(is_dpop_typ) {
         return Err(invalid("typ is not dpop+jwt"));
     }
     let alg = SigningAlgorithm::from_alg(&header.alg)
@@ -150,4 +162,41 @@ pub(crate) fn verify_proof(
         jti,
         nonce: claims.nonce,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_dpop_typ;
+
+    #[test]
+    fn typ_is_a_case_insensitive_media_type() {
+        for ok in [
+            "dpop+jwt",
+            "DPOP+JWT",
+            "DPoP+jwt",
+            "application/dpop+jwt",
+            "Application/DPoP+JWT",
+        ] {
+            assert!(is_dpop_typ(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "jwt",
+            "dpop",
+            "dpop+jwt ",
+            " dpop+jwt",
+            "dpop+jwt; charset=utf-8",
+            "application/dpop+jwt;x=y",
+            "application/",
+            "application/application/dpop+jwt",
+            "text/dpop+jwt",
+            "applicatio/dpop+jwt",
+            "dpop+jws",
+            "at+jwt",
+            "\u{0}dpop+jwt",
+            "dpop\u{17f}jwt",
+        ] {
+            assert!(!is_dpop_typ(bad), "{bad:?}");
+        }
+    }
 }

@@ -14,7 +14,7 @@ use crate::audit::{AuditEmitter, AuditLayer, RedactArguments};
 use crate::config::{
     ConfigError, IntrospectionConfig, IssuerConfig, McpAuthConfig, UrlRole, check_scope, parse_url,
 };
-use crate::dpop::{DpopConfig, DpopLayer, DpopMode, ReplayStore};
+use crate::dpop::{Clock, DpopConfig, DpopLayer, DpopMode, ReplayStore};
 use crate::error::{ChallengeConfig, ShapeRejection};
 use crate::http_client::HttpClient;
 use crate::keys::{
@@ -140,6 +140,7 @@ pub struct McpAuthBuilder {
     audit: Option<AuditEmitter>,
     redact: Option<Arc<dyn RedactArguments>>,
     replay_store: Option<Arc<dyn ReplayStore>>,
+    dpop_clock: Option<Arc<dyn Clock>>,
     revocation: Option<Arc<dyn RevocationList>>,
     introspection: Option<Arc<dyn TokenVerifier>>,
     allow_cors_preflight: bool,
@@ -239,6 +240,13 @@ impl McpAuthBuilder {
     /// replay protection across server instances.
     pub fn replay_store(mut self, store: Arc<dyn ReplayStore>) -> Self {
         self.replay_store = Some(store);
+        self
+    }
+
+    /// The time source of the DPoP layer (`iat` window and nonce steps); default: the system
+    /// clock. See [`DpopLayer::with_clock`]. Token `exp`/`nbf` checks are not affected.
+    pub fn dpop_clock(mut self, clock: impl Clock) -> Self {
+        self.dpop_clock = Some(Arc::new(clock));
         self
     }
 
@@ -408,7 +416,11 @@ impl McpAuthBuilder {
                     .replay_store
                     .take()
                     .unwrap_or_else(|| DpopLayer::default_store(dpop));
-                DpopLayer::new(dpop, htu, challenge.clone(), store)?
+                let layer = DpopLayer::new(dpop, htu, challenge.clone(), store)?;
+                match self.dpop_clock.take() {
+                    Some(clock) => layer.with_shared_clock(clock),
+                    None => layer,
+                }
             }
         };
         let policy: Arc<dyn Policy> = match self.policy.take() {
