@@ -383,6 +383,8 @@ pub struct TokenRules {
     pub max_token_bytes: usize,
     /// Verified tokens cached (default 100 000; 0 turns the cache off).
     pub cache_max_entries: u64,
+    /// Most memory the cached verdicts may hold, estimated, in bytes (default 256 MiB).
+    pub cache_max_bytes: u64,
     /// Longest a verdict is cached, in seconds (default 300; never beyond the token's `exp`).
     pub cache_max_ttl_secs: u64,
     /// When a verified JWT enters the cache: `second_sight` (default) or `first_sight`.
@@ -399,6 +401,7 @@ impl Default for TokenRules {
             accept_untyped_tokens: false,
             max_token_bytes: 8 * 1024,
             cache_max_entries: 100_000,
+            cache_max_bytes: 256 * 1024 * 1024,
             cache_max_ttl_secs: 300,
             cache_admission: CacheAdmission::SecondSight,
         }

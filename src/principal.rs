@@ -152,6 +152,32 @@ impl Principal {
         self
     }
 
+    /// Roughly how many bytes this principal holds (for the verified-token cache's memory bound).
+    pub(crate) fn estimated_bytes(&self) -> usize {
+        /// The fixed parts, allocation headers and the cache's own bookkeeping per entry.
+        const OVERHEAD: usize = 512;
+        /// A `BTreeSet` / `Vec` element's share of its node, beyond the string itself.
+        const PER_ITEM: usize = 48;
+        let v = &self.verified;
+        let text = |s: &Option<String>| s.as_ref().map_or(0, String::len);
+        OVERHEAD
+            + v.issuer.len()
+            + v.subject.len()
+            + text(&v.client_id)
+            + text(&v.jti)
+            + v.token_thumbprint.len()
+            + v.claims.get().len()
+            + v.audience.iter().map(|a| a.len() + PER_ITEM).sum::<usize>()
+            + v.scopes.iter().map(|s| s.len() + PER_ITEM).sum::<usize>()
+            + v.delegation
+                .iter()
+                .map(|a| a.subject.len() + text(&a.issuer) + text(&a.client_id) + 3 * PER_ITEM)
+                .sum::<usize>()
+            + v.confirmation
+                .as_ref()
+                .map_or(0, |c| text(&c.jkt) + text(&c.x5t_s256) + PER_ITEM)
+    }
+
     /// The token's confirmation (`cnf`), if it is sender-constrained.
     pub fn confirmation(&self) -> Option<&Confirmation> {
         self.verified.confirmation.as_ref()

@@ -231,3 +231,37 @@ async fn binding_is_checked_on_every_hit() {
         Some(AuthErrorKind::DpopKeyMismatch)
     );
 }
+
+#[tokio::test]
+async fn the_cache_is_bounded_in_bytes_as_well_as_entries() {
+    let dev = DevIssuer::new("https://as.example.com");
+    let mut config = McpAuthConfig::new(RESOURCE);
+    config.token.cache_max_entries = 1_000;
+    config.token.cache_max_bytes = 64 * 1024;
+    let auth = builder(&dev)
+        .config(config)
+        .issuer(dev.issuer_config())
+        .build()
+        .unwrap();
+    // 100 tokens with 4 KiB of custom claims each: about 400 KiB of verdicts, 6x the budget.
+    let padding = "p".repeat(4096);
+    for i in 0..100 {
+        let token = dev
+            .token(RESOURCE)
+            .claim("padding", padding.as_str())
+            .claim("jti", format!("big-{i}"))
+            .sign();
+        warm(&auth, "Bearer", &token, || None).await;
+    }
+    let stats = auth.cache_stats().unwrap();
+    assert!(stats.bytes <= 64 * 1024, "{stats:?}");
+    assert!(
+        (1..=16).contains(&stats.entries),
+        "at most 64 KiB / 4 KiB entries: {stats:?}"
+    );
+    // Small tokens are limited by the per-entry share (64 KiB / 1000 = 65 B each: by count,
+    // never more than 1000), and each is weighed at its estimated size.
+    let small = dev.token(RESOURCE).sign();
+    warm(&auth, "Bearer", &small, || None).await;
+    assert!(auth.cache_stats().unwrap().bytes <= 64 * 1024);
+}

@@ -434,6 +434,7 @@ impl McpAuthBuilder {
         let cached = |inner: Arc<dyn TokenVerifier>, max_ttl: u64, admission: CacheAdmission| {
             let limits = CacheLimits {
                 max_entries: rules.cache_max_entries,
+                max_bytes: rules.cache_max_bytes,
                 max_ttl: Duration::from_secs(max_ttl),
                 leeway: Duration::from_secs(rules.leeway_secs),
                 admission,

@@ -132,6 +132,8 @@ pub struct CacheStats {
     pub revoked: u64,
     /// Entries now cached.
     pub entries: u64,
+    /// Their estimated memory, in bytes, as weighed against [`CacheLimits::max_bytes`].
+    pub bytes: u64,
 }
 
 /// When a verified token enters the cache.
@@ -154,6 +156,10 @@ pub enum CacheAdmission {
 pub struct CacheLimits {
     /// Most tokens cached.
     pub max_entries: u64,
+    /// Most memory the cached verdicts may hold, estimated per entry (claims, strings and
+    /// bookkeeping). Each entry counts as at least `max_bytes / max_entries`, so both bounds
+    /// hold: small tokens are limited by count, large claim sets by bytes.
+    pub max_bytes: u64,
     /// Longest any entry lives, even for long-lived tokens.
     pub max_ttl: Duration,
     /// Clock-skew leeway re-applied to `exp` on every hit (match the verifier's).
@@ -163,10 +169,11 @@ pub struct CacheLimits {
 }
 
 impl Default for CacheLimits {
-    /// 100 000 tokens, 5 minutes, 30 s leeway, admitted on second sight.
+    /// 100 000 tokens, 256 MiB, 5 minutes, 30 s leeway, admitted on second sight.
     fn default() -> Self {
         Self {
             max_entries: 100_000,
+            max_bytes: 256 * 1024 * 1024,
             max_ttl: Duration::from_secs(300),
             leeway: Duration::from_secs(30),
             admission: CacheAdmission::SecondSight,
@@ -230,6 +237,19 @@ pub struct CachingVerifier {
     revoked: AtomicU64,
 }
 
+/// What an entry weighs against `max_bytes`: its estimated size, and never less than its share.
+fn entry_weigher(limits: CacheLimits) -> impl Fn(&[u8; 32], &Entry) -> u32 + Send + Sync {
+    let floor = limits
+        .max_bytes
+        .max(limits.max_entries)
+        .checked_div(limits.max_entries)
+        .unwrap_or(u64::MAX);
+    move |_key, entry| {
+        let bytes = entry.principal.estimated_bytes() as u64;
+        u32::try_from(bytes.max(floor)).unwrap_or(u32::MAX)
+    }
+}
+
 struct EntryExpiry;
 
 impl moka::Expiry<[u8; 32], Entry> for EntryExpiry {
@@ -256,7 +276,8 @@ impl CachingVerifier {
         Self {
             inner,
             cache: moka::sync::Cache::builder()
-                .max_capacity(limits.max_entries)
+                .max_capacity(limits.max_bytes.max(limits.max_entries))
+                .weigher(entry_weigher(limits))
                 .expire_after(EntryExpiry)
                 .build(),
             doorkeeper: (limits.admission == CacheAdmission::SecondSight && limits.max_entries > 0)
@@ -283,6 +304,7 @@ impl CachingVerifier {
             misses: self.misses.load(Ordering::Relaxed),
             revoked: self.revoked.load(Ordering::Relaxed),
             entries: self.cache.entry_count(),
+            bytes: self.cache.weighted_size(),
         }
     }
 
