@@ -291,8 +291,33 @@ impl JwksRefreshConfig {
         if let Some(stale) = self.max_stale_secs {
             options.max_stale = Duration::from_secs(stale);
         }
+        // Bounded so that no instant computed from them can overflow (no panic on any config).
+        const WEEK: Duration = Duration::from_secs(7 * 24 * 3600);
+        if [
+            options.default_ttl,
+            options.min_ttl,
+            options.max_ttl,
+            options.cooldown,
+            options.max_stale,
+        ]
+        .iter()
+        .any(|d| *d > WEEK)
+        {
+            return Err("jwks_refresh durations must not exceed 604800 s (7 days)");
+        }
+        if options.fetch_timeout > Duration::from_secs(300) {
+            return Err("jwks_refresh.timeout_secs must not exceed 300");
+        }
         if options.min_ttl > options.max_ttl {
             return Err("jwks_refresh.min_ttl_secs must not exceed max_ttl_secs");
+        }
+        if self.default_ttl_secs.is_none() {
+            // The built-in default follows the configured floor and ceiling.
+            options.default_ttl = options.default_ttl.clamp(options.min_ttl, options.max_ttl);
+        } else if !(options.min_ttl..=options.max_ttl).contains(&options.default_ttl) {
+            return Err(
+                "jwks_refresh.default_ttl_secs must lie between min_ttl_secs and max_ttl_secs",
+            );
         }
         Ok(options)
     }

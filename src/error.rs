@@ -121,6 +121,56 @@ pub enum AuthErrorKind {
 }
 
 impl AuthErrorKind {
+    /// Every kind, in declaration order (for exhaustive tests, fuzzing and documentation).
+    pub const ALL: &'static [Self] = &[
+        Self::MissingCredentials,
+        Self::MultipleCredentials,
+        Self::MalformedAuthorization,
+        Self::TokenInQuery,
+        Self::FormEncodedBody,
+        Self::DpopNotEnabled,
+        Self::MalformedToken,
+        Self::TokenTooLarge,
+        Self::WrongTokenType,
+        Self::AlgorithmNotAllowed,
+        Self::UnsupportedCriticalHeader,
+        Self::UnknownKey,
+        Self::InvalidSignature,
+        Self::UntrustedIssuer,
+        Self::WrongAudience,
+        Self::Expired,
+        Self::NotYetValid,
+        Self::IssuedInFuture,
+        Self::LifetimeTooLong,
+        Self::MissingClaim,
+        Self::InvalidClaim,
+        Self::MissingProofOfPossession,
+        Self::Revoked,
+        Self::InsufficientScope,
+        Self::AccessDenied,
+        Self::KeysUnavailable,
+        Self::NoPrincipal,
+        Self::MalformedMessage,
+        Self::UnsupportedContent,
+        Self::BodyTooLarge,
+        Self::HeaderMismatch,
+        Self::BatchRefused,
+        Self::SessionNotOwned,
+        Self::UnknownSession,
+        Self::SessionStoreFull,
+        Self::MethodNotAllowed,
+        Self::AuditUnavailable,
+        Self::MissingDpopProof,
+        Self::MultipleDpopProofs,
+        Self::InvalidDpopProof,
+        Self::DpopReplay,
+        Self::UseDpopNonce,
+        Self::DpopKeyMismatch,
+        Self::DpopRequired,
+        Self::ReplayStoreFull,
+        Self::CertificateMismatch,
+    ];
+
     /// The stable snake_case code of this kind, as recorded in audit events.
     pub const fn as_str(self) -> &'static str {
         match self {
@@ -740,54 +790,27 @@ mod tests {
         assert_eq!(s, r#""a\"b\\c  d ""#);
     }
 
-    /// The kinds whose wire text is checked below (extend it with new kinds).
     fn all_kinds() -> Vec<AuthErrorKind> {
-        use AuthErrorKind::*;
-        vec![
-            MissingCredentials,
-            MultipleCredentials,
-            MalformedAuthorization,
-            TokenInQuery,
-            FormEncodedBody,
-            DpopNotEnabled,
-            MalformedToken,
-            TokenTooLarge,
-            WrongTokenType,
-            AlgorithmNotAllowed,
-            UnsupportedCriticalHeader,
-            UnknownKey,
-            InvalidSignature,
-            UntrustedIssuer,
-            WrongAudience,
-            Expired,
-            NotYetValid,
-            IssuedInFuture,
-            LifetimeTooLong,
-            MissingClaim,
-            InvalidClaim,
-            MissingProofOfPossession,
-            Revoked,
-            InsufficientScope,
-            AccessDenied,
-            KeysUnavailable,
-            NoPrincipal,
-            MalformedMessage,
-            UnsupportedContent,
-            BodyTooLarge,
-            HeaderMismatch,
-            BatchRefused,
-            SessionNotOwned,
-            AuditUnavailable,
-            MissingDpopProof,
-            MultipleDpopProofs,
-            InvalidDpopProof,
-            DpopReplay,
-            UseDpopNonce,
-            DpopKeyMismatch,
-            DpopRequired,
-            ReplayStoreFull,
-            CertificateMismatch,
-        ]
+        AuthErrorKind::ALL.to_vec()
+    }
+
+    /// `ALL` is complete: its codes are exactly the audit schema's reason codes (less the audit
+    /// layer's own `cancelled`), so a kind missing from either fails here.
+    #[test]
+    fn all_kinds_match_the_audit_schema() {
+        let schema: serde_json::Value =
+            serde_json::from_str(include_str!("../schema/audit-event-v1.json")).unwrap();
+        let mut in_schema: Vec<&str> = schema["properties"]["reason"]["oneOf"][1]["enum"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|v| v.as_str())
+            .filter(|code| *code != "cancelled")
+            .collect();
+        let mut in_all: Vec<&str> = AuthErrorKind::ALL.iter().map(|k| k.as_str()).collect();
+        in_schema.sort_unstable();
+        in_all.sort_unstable();
+        assert_eq!(in_all, in_schema);
     }
 
     /// RFC 6750 §3: `error_description` is `1*( %x20-21 / %x23-5B / %x5D-7E )`, so it never needs

@@ -130,6 +130,15 @@ pub fn thumbprint(token: &str) -> String {
     URL_SAFE_NO_PAD.encode(Sha256::digest(token.as_bytes()))
 }
 
+/// Seconds since the Unix epoch on the system clock (0 before 1970).
+pub(crate) fn unix_now() -> u64 {
+    use std::time::{SystemTime, UNIX_EPOCH};
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
 /// Whether `expected` is [`thumbprint`]`(value)`, without allocating.
 pub(crate) fn is_thumbprint_of(expected: &str, value: &str) -> bool {
     let mut encoded = [0u8; 43];

@@ -20,7 +20,7 @@
 //! ```
 
 use std::fmt;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -98,7 +98,7 @@ impl DevIssuer {
     /// Starts a token for `resource` with every RFC 9068 claim set: `iss`, `aud`, `sub`
     /// (`dev-user`), `client_id` (`dev-client`), `iat` (now), `exp` (in 10 minutes), `jti`.
     pub fn token(&self, resource: &str) -> TokenBuilder<'_> {
-        let now = now();
+        let now = crate::jose::unix_now();
         let mut claims = Map::new();
         claims.insert("iss".into(), self.issuer.clone().into());
         claims.insert("aud".into(), resource.into());
@@ -178,7 +178,7 @@ impl TokenBuilder<'_> {
 
     /// Sets `exp` to now plus `lifetime`.
     pub fn expires_in(self, lifetime: Duration) -> Self {
-        let exp = now() + lifetime.as_secs();
+        let exp = crate::jose::unix_now() + lifetime.as_secs();
         self.claim("exp", exp)
     }
 
@@ -310,7 +310,7 @@ impl DevDpopKey {
         claims.insert("jti".into(), random_id().into());
         claims.insert("htm".into(), method.into());
         claims.insert("htu".into(), url.into());
-        claims.insert("iat".into(), now().into());
+        claims.insert("iat".into(), crate::jose::unix_now().into());
         claims.insert("ath".into(), crate::jose::thumbprint(access_token).into());
         ProofBuilder {
             key: self,
@@ -542,13 +542,6 @@ impl ProofBuilder<'_> {
         let claims = Value::Object(self.claims).to_string();
         self.key.sign_raw(header.as_bytes(), claims.as_bytes())
     }
-}
-
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 fn random_id() -> String {

@@ -858,3 +858,50 @@ async fn no_credential_in_any_audit_output() {
         assert!(!all.contains(needle), "audit output contains {needle:?}");
     }
 }
+
+/// A policy that says it was asked and never answers (a slow remote policy engine).
+struct HangingPolicy(Arc<tokio::sync::Notify>);
+
+#[async_trait]
+impl tower_mcp_auth::policy::Policy for HangingPolicy {
+    async fn decide(
+        &self,
+        _request: &tower_mcp_auth::policy::PolicyRequest<'_>,
+    ) -> tower_mcp_auth::policy::Decision {
+        self.0.notify_one();
+        std::future::pending().await
+    }
+}
+
+#[tokio::test]
+async fn a_request_cancelled_while_the_policy_decides_is_a_denial() {
+    let dev = DevIssuer::new("https://as.example.com");
+    let (sink, mut rx) = ChannelSink::new(64);
+    let (emitter, handle) = audit::spawn(Arc::new(sink), AuditOptions::default());
+    let asked = Arc::new(tokio::sync::Notify::new());
+    let auth = McpAuth::builder()
+        .resource(RESOURCE)
+        .issuer(dev.issuer_config())
+        .policy(HangingPolicy(asked.clone()))
+        .audit(emitter)
+        .build()
+        .unwrap();
+    let inner = Inner::default();
+    let service = auth.layer().layer(inner.clone());
+    let token = dev.token(RESOURCE).scope("notes:read").sign();
+    let task = tokio::spawn(service.oneshot(call(&token, "list_notes")));
+    tokio::time::timeout(Duration::from_secs(10), asked.notified())
+        .await
+        .unwrap();
+    task.abort();
+    assert!(task.await.unwrap_err().is_cancelled());
+    let events = drain(&handle, &mut rx).await;
+    assert_eq!(events.len(), 1);
+    let e = &events[0];
+    assert_eq!(e.outcome, Outcome::Cancelled);
+    // The token was valid, but nothing authorized the call: a denial, never an allow.
+    assert_eq!(e.decision, DecisionKind::Deny);
+    assert_eq!(e.reason.as_deref(), Some(audit::CANCELLED_REASON));
+    assert!(e.principal.is_some(), "the caller is still attributed");
+    assert_eq!(inner.calls.load(Ordering::SeqCst), 0);
+}

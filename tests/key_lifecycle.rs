@@ -1250,6 +1250,23 @@ async fn invalid_jwks_refresh_settings_are_refused_at_build_time() {
             "min_ttl_secs = 600\nmax_ttl_secs = 60",
             "min_ttl_secs must not exceed max_ttl_secs",
         ),
+        (
+            "default_ttl_secs = 100000\nmax_ttl_secs = 3600",
+            "default_ttl_secs must lie between",
+        ),
+        (
+            "max_stale_secs = 18446744073709551615",
+            "must not exceed 604800",
+        ),
+        (
+            "cooldown_secs = 18446744073709551615",
+            "must not exceed 604800",
+        ),
+        (
+            "max_ttl_secs = 18446744073709551615",
+            "must not exceed 604800",
+        ),
+        ("timeout_secs = 301", "timeout_secs must not exceed 300"),
     ];
     for (body, message) in cases {
         let toml = format!(

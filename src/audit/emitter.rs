@@ -15,7 +15,7 @@ use std::future::{Future, poll_fn};
 use std::mem;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -199,6 +199,9 @@ struct EmitterInner {
     sender: mpsc::Sender<AuditEvent>,
     overflow: Overflow,
     shared: Arc<Shared>,
+    /// Tasks waiting to queue a cancelled request's event; at most `capacity` at once.
+    detached: AtomicUsize,
+    capacity: usize,
 }
 
 impl AuditEmitter {
@@ -268,14 +271,23 @@ impl AuditEmitter {
             Some(Ok(permit)) => permit.send(event),
             Some(Err(Overflowed)) => self.permit(None).send(event),
             None => match tokio::runtime::Handle::try_current() {
-                Ok(runtime) => {
+                // Bounded: beyond `capacity` waiting tasks the event is a counted drop, so a
+                // stuck sink and clients timing out cannot pile up tasks without limit.
+                Ok(runtime)
+                    if self.inner.detached.fetch_add(1, Ordering::AcqRel) < self.inner.capacity =>
+                {
                     let emitter = self.clone();
                     runtime.spawn(async move {
                         match emitter.reserve().await {
                             Ok(permit) => permit.send(event),
                             Err(Overflowed) => emitter.permit(None).send(event),
                         }
+                        emitter.inner.detached.fetch_sub(1, Ordering::AcqRel);
                     });
+                }
+                Ok(_) => {
+                    self.inner.detached.fetch_sub(1, Ordering::AcqRel);
+                    self.permit(None).send(event);
                 }
                 Err(_) => self.permit(None).send(event),
             },
@@ -460,6 +472,8 @@ pub fn spawn(sink: Arc<dyn AuditSink>, options: AuditOptions) -> (AuditEmitter, 
             sender,
             overflow: options.overflow,
             shared: shared.clone(),
+            detached: AtomicUsize::new(0),
+            capacity,
         }),
     };
     let handle = AuditHandle {
@@ -1386,6 +1400,35 @@ mod tests {
         emitter.send_detached(event("late"));
         let stats = emitter.stats();
         assert_eq!((stats.accepted, stats.written, stats.dropped), (2, 2, 1));
+    }
+
+    #[tokio::test]
+    async fn detached_waiters_are_bounded_by_the_queue_capacity() {
+        let sink = Arc::new(TestSink::default());
+        let options = AuditOptions::default().capacity(2);
+        let (emitter, handle) = spawn(sink.clone(), options);
+        let held = [
+            emitter.reserve().await.unwrap(),
+            emitter.reserve().await.unwrap(),
+        ];
+        // The queue is full: two tasks may wait for room, every further event is a counted drop.
+        for i in 0..10 {
+            emitter.send_detached(event(&format!("cancelled-{i}")));
+        }
+        assert_eq!(emitter.stats().dropped, 8);
+        assert_eq!(emitter.inner.detached.load(Ordering::Acquire), 2);
+        for (permit, id) in held.into_iter().zip(["a", "b"]) {
+            permit.send(event(id));
+        }
+        handle.flush().await.unwrap();
+        eventually("the two waiting events", || sink.len() == 4).await;
+        eventually("the waiters to finish", || {
+            emitter.inner.detached.load(Ordering::Acquire) == 0
+        })
+        .await;
+        handle.shutdown().await.unwrap();
+        let stats = emitter.stats();
+        assert_eq!((stats.accepted, stats.dropped), (4, 8));
     }
 
     #[test]

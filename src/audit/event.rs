@@ -224,9 +224,22 @@ where
 #[derive(Clone)]
 pub struct AuditRecord(Arc<Mutex<RecordData>>);
 
+/// How far the policy layer got with a request (for cancelled requests' decision).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) enum PolicyProgress {
+    /// No policy layer has seen the request (none in the stack, or not reached yet).
+    #[default]
+    NotSeen,
+    /// The policy layer is deciding: nothing is authorized yet.
+    Deciding,
+    /// The policy layer forwarded the request.
+    Authorized,
+}
+
 #[derive(Default)]
 pub(crate) struct RecordData {
     pub(crate) principal: Option<Principal>,
+    pub(crate) policy: PolicyProgress,
     pub(crate) calls: Vec<McpCall>,
     pub(crate) reason_detail: Option<String>,
     pub(crate) session: Option<String>,
@@ -280,6 +293,11 @@ impl AuditRecord {
     /// Records the hashed session id.
     pub(crate) fn set_session(&self, hash: String) {
         self.with(|d| d.session = Some(hash));
+    }
+
+    /// Records how far the policy layer got.
+    pub(crate) fn set_policy(&self, progress: PolicyProgress) {
+        self.with(|d| d.policy = progress);
     }
 }
 

@@ -13,7 +13,7 @@
 //! thumbprint. Tool arguments are recorded only through an explicit redaction hook.
 
 mod emitter;
-mod event;
+pub(crate) mod event;
 mod service;
 mod sink;
 

@@ -17,7 +17,7 @@ use tower_service::Service;
 use super::emitter::{AuditEmitter, AuditPermit, Overflowed};
 use super::event::{
     AuditEvent, AuditRecord, CANCELLED_REASON, CANCELLED_STATUS, DecisionKind, HttpFacts, Outcome,
-    PrincipalFacts, RedactArguments, SCHEMA_VERSION, TokenFacts,
+    PolicyProgress, PrincipalFacts, RedactArguments, SCHEMA_VERSION, TokenFacts,
 };
 use crate::error::{AuthError, AuthErrorKind};
 
@@ -375,14 +375,18 @@ fn overflow_response<B: Default>() -> Response<B> {
 }
 
 /// The event of `pending`. A completed request is denied iff a layer put an [`AuthError`] in
-/// the response; a cancelled one is allowed iff the token layer had accepted the credential and
-/// no layer had refused it yet.
+/// the response; a cancelled one is allowed iff the token layer had accepted the credential, no
+/// layer had refused it, and a policy layer that saw it had forwarded it (not still deciding).
 fn event(pending: Pending, status: u16, outcome: Outcome, error: Option<&AuthError>) -> AuditEvent {
     let data = pending.record.with(std::mem::take);
     let principal = data.principal.as_ref();
     let (decision, reason) = match (outcome, error) {
         (_, Some(error)) => (DecisionKind::Deny, Some(error.kind().as_str().to_owned())),
-        (Outcome::Cancelled, None) if data.principal.is_none() || data.reason_detail.is_some() => {
+        (Outcome::Cancelled, None)
+            if data.principal.is_none()
+                || data.reason_detail.is_some()
+                || data.policy == PolicyProgress::Deciding =>
+        {
             (DecisionKind::Deny, Some(CANCELLED_REASON.to_owned()))
         }
         _ => (DecisionKind::Allow, None),

@@ -5,7 +5,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{AUTHORIZATION, HeaderValue};
@@ -136,10 +136,7 @@ pub struct SystemClock;
 
 impl Clock for SystemClock {
     fn now_unix_secs(&self) -> u64 {
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0)
+        crate::jose::unix_now()
     }
 }
 
@@ -277,8 +274,11 @@ impl DpopLayer {
 
     /// The same layer reading time from `clock` instead of the system clock: the `iat` window
     /// (`max_age_secs` / `max_future_secs`) and the nonce time step are computed from it. For
-    /// tests at fixed instants, or a time source you trust more than the host's. A disabled
-    /// layer is returned unchanged.
+    /// tests at fixed instants. A disabled layer is returned unchanged.
+    ///
+    /// Feature `testing` only: the replay store forgets proofs by the real clock, so a clock
+    /// slower than real time could let a proof outlive its replay record.
+    #[cfg(feature = "testing")]
     pub fn with_clock(self, clock: impl Clock) -> Self {
         self.with_shared_clock(Arc::new(clock))
     }

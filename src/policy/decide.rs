@@ -88,21 +88,21 @@ impl<'a> PolicyRequest<'a> {
         serde_json::from_str(self.arguments()?.get()).ok()
     }
 
-    /// The protocol revision: the `MCP-Protocol-Version` request header, if sent; otherwise,
-    /// for an `initialize`, its `params.protocolVersion` (the revision the client asks for,
-    /// before any was negotiated).
+    /// The protocol revision. For an `initialize`, its `params.protocolVersion` (what the server
+    /// negotiates from, whatever headers say); otherwise the `MCP-Protocol-Version` header, if
+    /// sent exactly once.
     pub fn protocol_version(&self) -> Option<&'a str> {
-        let header = self
-            .parts
-            .headers
-            .get("mcp-protocol-version")
-            .and_then(|v| v.to_str().ok());
-        header.or(match self.operation {
-            Operation::Initialize {
-                protocol_version: Some(version),
-            } => Some(&**version),
+        if let Operation::Initialize {
+            protocol_version: Some(version),
+        } = self.operation
+        {
+            return Some(version);
+        }
+        let mut headers = self.parts.headers.get_all("mcp-protocol-version").iter();
+        match (headers.next(), headers.next()) {
+            (Some(value), None) => value.to_str().ok(),
             _ => None,
-        })
+        }
     }
 
     /// The HTTP request parts (method, URI, headers, extensions).
@@ -292,7 +292,7 @@ mod tests {
     }
 
     #[test]
-    fn protocol_version_header_then_initialize_body() {
+    fn protocol_version_initialize_body_then_header() {
         let p = principal();
         let with_header = http::Request::builder()
             .header("mcp-protocol-version", "2025-11-25")
@@ -301,6 +301,13 @@ mod tests {
             .into_parts()
             .0;
         let without = http::Request::new(()).into_parts().0;
+        let repeated = http::Request::builder()
+            .header("mcp-protocol-version", "2025-11-25")
+            .header("mcp-protocol-version", "2024-11-05")
+            .body(())
+            .unwrap()
+            .into_parts()
+            .0;
         let init = Operation::Initialize {
             protocol_version: Some("2025-06-18".into()),
         };
@@ -309,10 +316,14 @@ mod tests {
         };
         let cases = [
             (&init, &without, Some("2025-06-18")),
-            (&init, &with_header, Some("2025-11-25")),
+            // The server negotiates from the body: a header cannot override it.
+            (&init, &with_header, Some("2025-06-18")),
             (&bare_init, &without, None),
+            (&bare_init, &with_header, Some("2025-11-25")),
             (&Operation::Ping, &without, None),
             (&Operation::Ping, &with_header, Some("2025-11-25")),
+            // Two headers: ambiguous, so none.
+            (&Operation::Ping, &repeated, None),
         ];
         for (op, parts, want) in cases {
             let request = PolicyRequest::new(&p, op, parts);

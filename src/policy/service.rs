@@ -24,6 +24,7 @@ use super::listing::{ListKind, ListRequests, ListingBody, ListingFilter};
 use super::session::{SessionKey, SessionOwner};
 use super::tool_scopes::{BatchMode, DenialStyle};
 use crate::audit::AuditRecord;
+use crate::audit::event::PolicyProgress;
 use crate::error::{AuthError, AuthErrorKind};
 use crate::principal::Principal;
 
@@ -32,7 +33,7 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 const SESSION_HEADER: &str = "mcp-session-id";
 
 /// The methods the MCP endpoint accepts (the `Allow` of a 405).
-const ALLOWED_METHODS: &str = "GET, POST, DELETE";
+const ALLOWED_METHODS: &str = "GET, POST, DELETE, OPTIONS";
 
 /// Seconds a client is told to wait when the session store is full.
 const SESSION_RETRY_AFTER_SECS: u32 = 30;
@@ -166,9 +167,17 @@ where
         Err(error) => return Ok(shared.reject(error, None)),
     };
     let record = parts.extensions.get::<AuditRecord>().cloned();
-    if let (Some(record), Some(key)) = (&record, &session) {
-        record.set_session(key.to_base64());
+    if let Some(record) = &record {
+        record.set_policy(PolicyProgress::Deciding);
+        if let Some(key) = &session {
+            record.set_session(key.to_base64());
+        }
     }
+    let authorized = || {
+        if let Some(record) = &record {
+            record.set_policy(PolicyProgress::Authorized);
+        }
+    };
     if let (Some(store), Some(key)) = (&shared.sessions, &session) {
         // Fail closed: a session id this store does not know (never minted here, ended, expired)
         // is refused like another principal's. The `initialize` that mints a session carries
@@ -187,6 +196,7 @@ where
     if passthrough {
         // The token (and, for a bound session, ownership) is all these need.
         let delete = parts.method == Method::DELETE;
+        authorized();
         let response = inner.call(Request::from_parts(parts, body)).await?;
         if delete
             && response.status().is_success()
@@ -241,6 +251,7 @@ where
         principal: principal.clone(),
         parts: parts.clone(),
     });
+    authorized();
     let response = inner
         .call(Request::from_parts(parts, ReqBody::from(bytes)))
         .await?;

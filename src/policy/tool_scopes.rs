@@ -351,15 +351,21 @@ fn ambiguous_uri(uri: &str) -> bool {
     // Each round decodes one level of percent-encoding; a URI still changing after a few rounds
     // is refused too.
     const ROUNDS: usize = 4;
+    let has_dot_segment = |bytes: &[u8]| {
+        bytes
+            .split(|&b| matches!(b, b'/' | b'\\' | b'?' | b'#'))
+            .any(|segment| segment == b"." || segment == b"..")
+    };
+    // The common case, nothing percent-encoded: one scan of the borrowed bytes, no copy.
+    if !uri.as_bytes().contains(&b'%') {
+        return has_dot_segment(uri.as_bytes());
+    }
     let mut current = uri.as_bytes().to_vec();
     for _ in 0..ROUNDS {
         let encoded_dot = current
             .windows(3)
             .any(|w| w[0] == b'%' && w[1] == b'2' && w[2].eq_ignore_ascii_case(&b'e'));
-        let dot_segment = current
-            .split(|&b| b == b'/' || b == b'\\')
-            .any(|segment| segment == b"." || segment == b"..");
-        if encoded_dot || dot_segment {
+        if encoded_dot || has_dot_segment(&current) {
             return true;
         }
         let decoded = percent_decode(&current);
@@ -548,6 +554,9 @@ mod tests {
             ("notes://x/../secret/1", false),
             ("notes://x/./1", false),
             ("notes://x/..", false),
+            ("notes://x/pub/..?q", false),
+            ("notes://x/pub/..#f", false),
+            ("notes://x/pub/..%3Fq", false),
             ("notes://x/.", false),
             ("notes://x/a/b/..", false),
             ("notes://x/%2e%2e/secret/1", false),

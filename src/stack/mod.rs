@@ -245,7 +245,9 @@ impl McpAuthBuilder {
 
     /// The time source of the DPoP layer (`iat` window and nonce steps); default: the system
     /// clock. See [`DpopLayer::with_clock`]. Token `exp`/`nbf` checks are not affected.
-    pub fn dpop_clock(mut self, clock: impl Clock) -> Self {
+    /// Feature `testing` only.
+    #[cfg(feature = "testing")]
+    pub fn dpop_clock(mut self, clock: impl crate::dpop::Clock) -> Self {
         self.dpop_clock = Some(Arc::new(clock));
         self
     }

@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
 use sha2::{Digest, Sha256};
@@ -263,13 +263,6 @@ impl moka::Expiry<[u8; 32], Entry> for EntryExpiry {
     }
 }
 
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
 impl CachingVerifier {
     /// Caches `inner`'s verdicts within `limits`.
     pub fn new(inner: Arc<dyn TokenVerifier>, limits: CacheLimits) -> Self {
@@ -331,7 +324,7 @@ impl TokenVerifier for CachingVerifier {
         if let Some(entry) = self.cache.get(&key) {
             // Re-check expiry on every hit: the cache's own eviction is lazy.
             let exp = entry.principal.expires_at_unix();
-            if unix_now() < exp.saturating_add(self.limits.leeway.as_secs()) {
+            if crate::jose::unix_now() < exp.saturating_add(self.limits.leeway.as_secs()) {
                 self.hits.fetch_add(1, Ordering::Relaxed);
                 tracing::trace!(target: "tower_mcp_auth::cache", token = entry.principal.token_thumbprint(), "verified-token cache hit");
                 return self.check(entry.principal);
@@ -354,7 +347,7 @@ impl TokenVerifier for CachingVerifier {
         let remaining = principal
             .expires_at_unix()
             .saturating_add(self.limits.leeway.as_secs())
-            .saturating_sub(unix_now());
+            .saturating_sub(crate::jose::unix_now());
         let ttl = Duration::from_secs(remaining).min(self.limits.max_ttl);
         if !ttl.is_zero() {
             self.cache.insert(
@@ -375,7 +368,9 @@ impl fmt::Debug for CachingVerifier {
             .field("inner", &self.inner)
             .field("limits", &self.limits)
             .field("revocation", &self.revocation)
-            .field("stats", &self.stats())
+            .field("hits", &self.hits.load(Ordering::Relaxed))
+            .field("misses", &self.misses.load(Ordering::Relaxed))
+            .field("revoked", &self.revoked.load(Ordering::Relaxed))
             .finish()
     }
 }

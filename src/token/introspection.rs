@@ -18,7 +18,6 @@
 use std::collections::BTreeSet;
 use std::fmt;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use base64::Engine as _;
@@ -136,13 +135,6 @@ struct CnfResponse {
     x5t_s256: Option<String>,
 }
 
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
 impl IntrospectionVerifier {
     /// Introspects at `endpoint`, authenticating with `auth`, for tokens meant for `resource`.
     pub fn new(
@@ -239,7 +231,7 @@ impl IntrospectionVerifier {
         kid: Option<&str>,
         sign: &(dyn Fn(&[u8]) -> Vec<u8> + Send + Sync),
     ) -> String {
-        let now = unix_now();
+        let now = crate::jose::unix_now();
         let mut header = serde_json::json!({ "alg": alg.as_str(), "typ": "JWT" });
         if let Some(kid) = kid {
             header["kid"] = kid.into();
@@ -347,7 +339,7 @@ impl TokenVerifier for IntrospectionVerifier {
         if r.active != serde_json::Value::Bool(true) {
             return Err(AuthError::new(AuthErrorKind::Revoked).with_detail("token is not active"));
         }
-        let now = unix_now();
+        let now = crate::jose::unix_now();
         let exp = r
             .exp
             .ok_or(AuthError::new(AuthErrorKind::MissingClaim).with_detail("exp"))?;

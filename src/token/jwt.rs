@@ -10,7 +10,7 @@ use std::borrow::Cow;
 use std::collections::BTreeSet;
 use std::fmt;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use serde::Deserialize;
@@ -130,13 +130,6 @@ struct Inner {
     clock: fn() -> u64,
 }
 
-fn system_clock() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
 impl JwtVerifier {
     /// A verifier accepting tokens whose `aud` contains `resource` (the canonical URI, compared
     /// exactly), from the given issuers.
@@ -150,7 +143,7 @@ impl JwtVerifier {
                 max_lifetime: None,
                 accept_untyped: false,
                 max_token_len: 8 * 1024,
-                clock: system_clock,
+                clock: crate::jose::unix_now,
             }),
         }
     }

@@ -187,9 +187,9 @@ const unreadable = ({ status = 400, code = -32600, reason } = {}) => ({
   // the audit event's reason code
   reason: reason ?? (status === 413 ? 'body_too_large' : code === -32020 ? 'header_mismatch' : 'malformed_message'),
 });
-/** 405 from the policy layer: `Allow: GET, POST, DELETE`, no challenge, JSON-RPC error, id null. */
+/** 405 from the policy layer: `Allow: GET, POST, DELETE, OPTIONS`, no challenge, JSON-RPC error, id null. */
 const notAllowed = () => ({
-  ...unreadable({ status: 405, reason: 'method_not_allowed' }), allow: 'GET, POST, DELETE',
+  ...unreadable({ status: 405, reason: 'method_not_allowed' }), allow: 'GET, POST, DELETE, OPTIONS',
 });
 /** Let through to rmcp: whatever it answers, it is not 401/403 and carries no challenge. */
 const passes = () => ({ kind: 'passes' });
