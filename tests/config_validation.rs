@@ -11,6 +11,27 @@ use tower_mcp_auth::keys::{KeyError, KeySet, StaticKeys, VerificationKey};
 use tower_mcp_auth::testing::DevIssuer;
 use tower_mcp_auth::{ConfigError, IssuerConfig, McpAuth, McpAuthConfig, SigningAlgorithm};
 
+/// A custom key source that has loaded nothing yet (a remote or lazy source before its first
+/// fetch): it cannot show a shared secret at build time.
+#[derive(Debug)]
+struct NotLoadedYet;
+
+#[async_trait::async_trait]
+impl tower_mcp_auth::keys::KeySource for NotLoadedYet {
+    fn current(&self) -> Option<Arc<KeySet>> {
+        None
+    }
+
+    async fn refresh(
+        &self,
+        _reason: tower_mcp_auth::keys::RefreshReason<'_>,
+    ) -> Result<Arc<KeySet>, KeyError> {
+        Err(KeyError::InvalidJwk {
+            reason: "never loads",
+        })
+    }
+}
+
 const RESOURCE: &str = "https://mcp.example.com/mcp";
 const ISSUER: &str = "https://as.example.com";
 
@@ -301,6 +322,19 @@ fn builder_rows(dev: &DevIssuer) -> Vec<Row> {
             result: McpAuth::builder()
                 .resource(RESOURCE)
                 .issuer_with_keys(ISSUER, es256_keys(), [SigningAlgorithm::HS256])
+                .build(),
+            expect: ConfigError::InvalidKeySource {
+                issuer: ISSUER.into(),
+                reason: "an HMAC algorithm is allowed but the key source holds no \
+                         shared secret for it (VerificationKey::shared_secret)",
+            },
+            message: &["HMAC algorithm is allowed", "no shared secret"],
+        },
+        Row {
+            name: "builder: HMAC allowed for a custom source whose keys are not loaded yet",
+            result: McpAuth::builder()
+                .resource(RESOURCE)
+                .issuer_with_keys(ISSUER, Arc::new(NotLoadedYet), [SigningAlgorithm::HS256])
                 .build(),
             expect: ConfigError::InvalidKeySource {
                 issuer: ISSUER.into(),

@@ -130,7 +130,7 @@ where
     }
 }
 
-/// The system wall clock ([`SystemTime::now`]); 0 if it reads before the epoch.
+/// The system wall clock ([`std::time::SystemTime::now`]); 0 if it reads before the epoch.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct SystemClock;
 

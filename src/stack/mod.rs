@@ -340,17 +340,20 @@ impl McpAuthBuilder {
             }
             // HMAC is only for a shared secret configured explicitly: a source whose keys are
             // known now must hold one for every HMAC algorithm it is allowed.
-            if let Some(current) = keys.current() {
-                let missing = algorithms.iter().any(|alg| {
+            // A source whose keys are not known yet (remote, lazy) cannot show a shared secret,
+            // so HMAC is refused for it rather than trusted to whatever it loads later.
+            let missing = match keys.current() {
+                Some(current) => algorithms.iter().any(|alg| {
                     alg.is_symmetric() && !current.keys().iter().any(|k| k.algorithm() == alg)
+                }),
+                None => algorithms.iter().any(|alg| alg.is_symmetric()),
+            };
+            if missing {
+                return Err(ConfigError::InvalidKeySource {
+                    issuer,
+                    reason: "an HMAC algorithm is allowed but the key source holds no \
+                             shared secret for it (VerificationKey::shared_secret)",
                 });
-                if missing {
-                    return Err(ConfigError::InvalidKeySource {
-                        issuer,
-                        reason: "an HMAC algorithm is allowed but the key source holds no \
-                                 shared secret for it (VerificationKey::shared_secret)",
-                    });
-                }
             }
             issuers.push(TrustedIssuer::new(issuer, keys).algorithms(algorithms));
         }
