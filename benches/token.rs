@@ -19,7 +19,9 @@
 //!   the bare inner service.
 //! - `dpop/*`: a DPoP request through the whole stack with a fresh proof every request (distinct
 //!   `jti`, generated outside the timed loop) and a cached token, against `jsonwebtoken` verifying
-//!   the same kind of proof (full `decode`, and the bare ES256 signature check).
+//!   the same kind of proof (full `decode`, and the bare ES256 signature check), and against the
+//!   one-signature limit of a server (the bare service answering the same request, plus that
+//!   signature check).
 //! - `policy/*`: a `tools/call` of ~250 B and of 64 KiB through the token layer alone, the token
 //!   and policy layers (`ToolScopes`, and an allow-everything closure), and the whole stack.
 //! - `listing/*`: a `tools/list` JSON response of 50 tools, filtered to the caller's 25 and
@@ -834,16 +836,28 @@ fn dpop(c: &mut Criterion) {
     group.finish();
 
     // Interleaved: the stack with fresh proofs (made before any timing) against jsonwebtoken on
-    // the pool, then against the bare signature check.
+    // the pool, against the bare signature check, and against the one-signature limit of a
+    // server: the bare service answering the same request plus one signature check.
+    #[derive(Clone, Copy)]
+    enum Baseline {
+        Decode,
+        Signature,
+        BareAndSignature,
+    }
+    let mut bare = tower::service_fn(ok_handler);
     const BATCH: u32 = 40;
-    for (label, signature_only) in [
+    for (label, baseline) in [
         (
             "dpop: A full stack + fresh proof, B jsonwebtoken::decode(proof)",
-            false,
+            Baseline::Decode,
         ),
         (
             "dpop: A full stack + fresh proof, B signature check only",
-            true,
+            Baseline::Signature,
+        ),
+        (
+            "dpop: A full stack + fresh proof, B bare service + signature check",
+            Baseline::BareAndSignature,
         ),
     ] {
         let proofs: Vec<String> = (0..(PAIRED_ROUNDS as u32 + 1) * BATCH)
@@ -858,7 +872,7 @@ fn dpop(c: &mut Criterion) {
         let mut i = 0;
         let mut b = || {
             i = (i + 1) % pool.len();
-            if signature_only {
+            let signature = || {
                 let (input, signature) = split[i];
                 black_box(
                     jsonwebtoken::crypto::verify(
@@ -868,16 +882,27 @@ fn dpop(c: &mut Criterion) {
                         Algorithm::ES256,
                     )
                     .expect("verify"),
-                );
-            } else {
-                black_box(
-                    jsonwebtoken::decode::<ProofClaims>(
-                        black_box(&pool[i]),
-                        &proof_key,
-                        &proof_validation,
-                    )
-                    .expect("valid"),
-                );
+                )
+            };
+            match baseline {
+                Baseline::Decode => {
+                    black_box(
+                        jsonwebtoken::decode::<ProofClaims>(
+                            black_box(&pool[i]),
+                            &proof_key,
+                            &proof_validation,
+                        )
+                        .expect("valid"),
+                    );
+                }
+                Baseline::Signature => {
+                    signature();
+                }
+                Baseline::BareAndSignature => {
+                    let response = call(&rt, &mut bare, make(&pool[i]));
+                    assert_eq!(response.status(), StatusCode::OK);
+                    signature();
+                }
             }
         };
         paired(label, BATCH, &mut a, &mut b);

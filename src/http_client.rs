@@ -5,6 +5,7 @@
 //! response size limit, no redirects).
 
 use std::fmt;
+#[cfg(feature = "reqwest")]
 use std::time::Duration;
 
 use async_trait::async_trait;

@@ -1,6 +1,7 @@
 //! Strict JOSE plumbing shared by access tokens and DPoP proofs: compact JWS splitting with
 //! strict base64url, JSON objects only, and claim deserializers that refuse wrong types.
 
+use std::borrow::Cow;
 use std::fmt;
 
 use base64::Engine as _;
@@ -97,6 +98,30 @@ pub(crate) fn present<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error>
 /// A string; `null` and other types are errors (so "present but wrong" never reads as absent).
 pub(crate) fn string<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
     String::deserialize(d).map(Some)
+}
+
+/// A string, borrowed from the input where it holds no escapes; `null` and other types are
+/// errors, as with [`string`].
+pub(crate) fn borrowed_string<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Cow<'de, str>>, D::Error> {
+    struct Visitor;
+    impl<'de> de::Visitor<'de> for Visitor {
+        type Value = Cow<'de, str>;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a string")
+        }
+        fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+            Ok(Cow::Borrowed(v))
+        }
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+            Ok(Cow::Owned(v.to_owned()))
+        }
+        fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
+            Ok(Cow::Owned(v))
+        }
+    }
+    d.deserialize_str(Visitor).map(Some)
 }
 
 /// An RFC 7519 NumericDate: a non-negative JSON number (fractions truncated). Strings, booleans

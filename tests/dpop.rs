@@ -1763,6 +1763,62 @@ async fn hostile_proofs_table() {
     );
 }
 
+/// A client's key is remembered after its first proof (by its `jwk` text); every later proof's
+/// signature is still checked against it. Same result with the key cache off.
+#[tokio::test]
+async fn remembered_proof_keys_still_verify_every_signature() {
+    let Expect::Refused(bad_signature) = bad_proof("bad signature") else {
+        unreachable!()
+    };
+    for capacity in [DpopConfig::default().key_cache_capacity, 0] {
+        let dev = DevIssuer::new(ISSUER);
+        let key = DevDpopKey::new();
+        let other = DevDpopKey::new();
+        let token = dev.token(RESOURCE).dpop_bound(key.jkt()).sign();
+        let mut config = DpopConfig::with_mode(DpopMode::Allowed);
+        config.key_cache_capacity = capacity;
+        let auth = McpAuth::builder()
+            .resource(RESOURCE)
+            .issuer(dev.issuer_config())
+            .policy(ToolScopes::new().tool("whoami", Vec::<String>::new()))
+            .dpop(config)
+            .build()
+            .unwrap();
+        let mut problems = Vec::new();
+        for round in 0..3 {
+            let out = send(
+                &auth,
+                dpop(&token, &key.proof("POST", RESOURCE, &token)).request,
+            )
+            .await;
+            for p in acceptance_problems(&out, Some(key.jkt())) {
+                problems.push(format!("capacity {capacity}, valid proof {round}: {p}"));
+            }
+        }
+        // The same `jwk` text as the remembered key, with a signature it did not make: another
+        // proof's (same key, other claims), or another key's.
+        let a = key.proof("POST", RESOURCE, &token);
+        let b = key.proof("POST", RESOURCE, &token);
+        let c = other.proof("POST", RESOURCE, &token);
+        for (what, sig) in [
+            ("another proof's signature", b.rsplit_once('.').unwrap().1),
+            ("another key's signature", c.rsplit_once('.').unwrap().1),
+        ] {
+            let forged = with_signature(&a, sig);
+            let out = send(&auth, dpop(&token, &forged).request).await;
+            for p in refusal_problems(&out, &bad_signature, true) {
+                problems.push(format!("capacity {capacity}, {what}: {p}"));
+            }
+        }
+        // The untouched proof still passes: the refusals above recorded nothing.
+        let out = send(&auth, dpop(&token, &a).request).await;
+        for p in acceptance_problems(&out, Some(key.jkt())) {
+            problems.push(format!("capacity {capacity}, the original proof: {p}"));
+        }
+        assert!(problems.is_empty(), "{}", problems.join("\n"));
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Modes
 // ---------------------------------------------------------------------------------------------

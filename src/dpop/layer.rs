@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use tower_layer::Layer;
 use tower_service::Service;
 
+use super::key_cache::ProofKeyCache;
 use super::nonce::NonceIssuer;
 use super::proof::{ProofContext, verify_proof};
 use super::replay::{InMemoryReplayStore, ReplayError, ReplayKey, ReplayStore};
@@ -62,6 +63,9 @@ pub struct DpopConfig {
     pub replay_capacity: usize,
     /// Longest proof accepted, in bytes (default 4096).
     pub max_proof_bytes: usize,
+    /// Client keys remembered, already checked and parsed, by the exact text of a proof's
+    /// `jwk` (default 4096; 0 turns this off). Every proof's signature is still verified.
+    pub key_cache_capacity: usize,
 }
 
 impl Default for DpopConfig {
@@ -82,6 +86,7 @@ impl Default for DpopConfig {
             nonce_step_secs: 60,
             replay_capacity: 100_000,
             max_proof_bytes: 4096,
+            key_cache_capacity: 4096,
         }
     }
 }
@@ -207,6 +212,7 @@ struct DpopShared {
     max_age: u64,
     max_future: u64,
     max_len: usize,
+    keys: Arc<ProofKeyCache>,
     nonces: Option<NonceIssuer>,
     store: Arc<dyn ReplayStore>,
     challenge: ChallengeConfig,
@@ -251,6 +257,7 @@ impl DpopLayer {
                 max_age: config.max_age_secs,
                 max_future: config.max_future_secs,
                 max_len: config.max_proof_bytes,
+                keys: Arc::new(ProofKeyCache::new(config.key_cache_capacity)),
                 nonces: config
                     .nonces
                     .then(|| NonceIssuer::random(config.nonce_step_secs)),
@@ -417,6 +424,7 @@ impl DpopShared {
             max_future: self.max_future,
             algorithms: self.algorithms,
             max_len: self.max_len,
+            keys: &self.keys,
         };
         let verified = verify_proof(proof, &ctx).map_err(|e| match &nonce {
             Some(nonce) => e.on_dpop().with_nonce(nonce.clone()),
@@ -432,8 +440,8 @@ impl DpopShared {
             }
         }
         Ok(Some(DpopEvidence {
-            replay: ReplayKey::new(&verified.jkt, &verified.jti),
-            jkt: verified.jkt.into(),
+            replay: verified.replay,
+            jkt: verified.jkt,
             // Remember each proof for as long as any proof can be accepted, plus a margin.
             ttl: Duration::from_secs(self.max_age + self.max_future + 5),
             store: self.store.clone(),

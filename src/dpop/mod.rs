@@ -12,6 +12,10 @@
 //! the token layer accepts the token only if `cnf.jkt` equals the evidence's thumbprint, and
 //! records the proof's (key, `jti`) in the [`ReplayStore`] last, after every other check.
 //!
+//! A client's key, once it has verified a proof's signature, is remembered by the exact text of
+//! the proof's `jwk` ([`DpopConfig::key_cache_capacity`]): its later proofs skip the `jwk`
+//! checks, the thumbprint and key parsing, never the signature.
+//!
 //! Time comes from a [`Clock`] ([`SystemClock`] by default; [`DpopLayer::with_clock`] or
 //! [`McpAuthBuilder::dpop_clock`](crate::McpAuthBuilder::dpop_clock) replace it), read once per
 //! request for both the `iat` window and the nonce time step.
@@ -23,6 +27,7 @@
 //! `WWW-Authenticate: DPoP algs="ES256 …"`, after the Bearer challenge.
 
 mod htu;
+mod key_cache;
 mod layer;
 mod nonce;
 mod proof;

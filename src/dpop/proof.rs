@@ -6,10 +6,15 @@ use serde::Deserialize;
 use serde::de::Deserializer;
 use serde_json::value::RawValue;
 
+use std::sync::Arc;
+
 use super::htu::normalize_htu;
-use crate::crypto::provider;
+use super::key_cache::ProofKeyCache;
+use super::replay::ReplayKey;
 use crate::error::{AuthError, AuthErrorKind};
-use crate::jose::{CompactJws, is_thumbprint_of, json_object, numeric_date, present, string};
+use crate::jose::{
+    CompactJws, borrowed_string, is_thumbprint_of, json_object, numeric_date, present,
+};
 use crate::keys::{AlgorithmSet, SigningAlgorithm, proof_key};
 
 /// What a proof is checked against.
@@ -31,15 +36,17 @@ pub(crate) struct ProofContext<'a> {
     pub(crate) algorithms: AlgorithmSet,
     /// Longest proof accepted.
     pub(crate) max_len: usize,
+    /// Proof keys already checked and parsed.
+    pub(crate) keys: &'a ProofKeyCache,
 }
 
 /// A proof that passed every check but replay.
 #[derive(Debug, Clone)]
 pub(crate) struct VerifiedProof {
     /// RFC 7638 SHA-256 thumbprint of the proof key.
-    pub(crate) jkt: String,
-    /// The proof's `jti`.
-    pub(crate) jti: String,
+    pub(crate) jkt: Arc<str>,
+    /// What the replay store remembers: the key thumbprint and the proof's `jti`.
+    pub(crate) replay: ReplayKey,
     /// The proof's `nonce`, if any.
     pub(crate) nonce: Option<String>,
 }
@@ -65,19 +72,19 @@ fn raw<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Erro
 }
 
 #[derive(Deserialize)]
-struct Claims {
-    #[serde(default, deserialize_with = "string")]
-    jti: Option<String>,
-    #[serde(default, deserialize_with = "string")]
-    htm: Option<String>,
-    #[serde(default, deserialize_with = "string")]
-    htu: Option<String>,
+struct Claims<'a> {
+    #[serde(default, borrow, deserialize_with = "borrowed_string")]
+    jti: Option<Cow<'a, str>>,
+    #[serde(default, borrow, deserialize_with = "borrowed_string")]
+    htm: Option<Cow<'a, str>>,
+    #[serde(default, borrow, deserialize_with = "borrowed_string")]
+    htu: Option<Cow<'a, str>>,
     #[serde(default, deserialize_with = "numeric_date")]
     iat: Option<u64>,
-    #[serde(default, deserialize_with = "string")]
-    ath: Option<String>,
-    #[serde(default, deserialize_with = "string")]
-    nonce: Option<String>,
+    #[serde(default, borrow, deserialize_with = "borrowed_string")]
+    ath: Option<Cow<'a, str>>,
+    #[serde(default, borrow, deserialize_with = "borrowed_string")]
+    nonce: Option<Cow<'a, str>>,
 }
 
 /// Whether a `typ` names the `application/dpop+jwt` media type (RFC 9449 §4.2).
@@ -120,18 +127,27 @@ pub(crate) fn verify_proof(
     let alg = SigningAlgorithm::from_alg(&header.alg)
         .filter(|a| !a.is_symmetric() && ctx.algorithms.contains(*a))
         .ok_or_else(|| invalid("alg not allowed"))?;
-    let jwk = header.jwk.ok_or_else(|| invalid("no jwk"))?;
-    let (key, jkt) = proof_key(jwk.get(), alg).map_err(|_| invalid("unusable jwk"))?;
+    let jwk = header.jwk.ok_or_else(|| invalid("no jwk"))?.get();
+    // A client's proofs repeat its `jwk` text: a remembered key skips the checks and parsing
+    // (never the signature).
+    let (key, remembered) = match ctx.keys.get(jwk, alg) {
+        Some(key) => (key, true),
+        None => (
+            Arc::new(proof_key(jwk, alg).map_err(|_| invalid("unusable jwk"))?),
+            false,
+        ),
+    };
 
     let signature = jws.signature().map_err(|_| invalid("bad base64url"))?;
-    let verifier = (provider().verifier_factory)(&alg.to_jwt(), key.decoding_key())
-        .map_err(|_| invalid("bad signature"))?;
-    verifier
-        .verify(jws.signing_input().as_bytes(), &signature)
-        .map_err(|_| invalid("bad signature"))?;
+    if !key.key.verify(jws.signing_input().as_bytes(), &signature) {
+        return Err(invalid("bad signature"));
+    }
+    if !remembered {
+        ctx.keys.insert(jwk, key.clone());
+    }
 
     let payload = jws.payload().map_err(|_| invalid("bad base64url"))?;
-    let claims: Claims = json_object(&payload, AuthErrorKind::InvalidDpopProof)
+    let claims: Claims<'_> = json_object(&payload, AuthErrorKind::InvalidDpopProof)
         .map_err(|_| invalid("bad claims"))?;
     let htm = claims.htm.ok_or_else(|| invalid("no htm"))?;
     if htm != ctx.method {
@@ -158,9 +174,9 @@ pub(crate) fn verify_proof(
         return Err(invalid("bad jti"));
     }
     Ok(VerifiedProof {
-        jkt,
-        jti,
-        nonce: claims.nonce,
+        replay: ReplayKey::new(&key.jkt, &jti),
+        jkt: key.jkt.clone(),
+        nonce: claims.nonce.map(Cow::into_owned),
     })
 }
 

@@ -10,6 +10,7 @@ use serde::Deserialize;
 
 use super::KeyError;
 use super::algorithm::{KeyFamily, SigningAlgorithm};
+use crate::crypto::{PreparedKey, PublicKeyParts};
 
 /// Smallest RSA modulus accepted (RFC 7518 §3.3, RFC 8725 §3.2).
 const MIN_RSA_BITS: usize = 2048;
@@ -233,12 +234,29 @@ struct Jwk {
     k: Option<serde::de::IgnoredAny>,
 }
 
+/// The public key of a DPoP proof header (`jwk`), prepared for the proof's `alg`, with its
+/// RFC 7638 SHA-256 thumbprint.
+pub(crate) struct ProofKey {
+    /// The proof algorithm the key was prepared for.
+    pub(crate) alg: SigningAlgorithm,
+    /// The key, parsed once.
+    pub(crate) key: PreparedKey,
+    /// The thumbprint, computed from the canonical members.
+    pub(crate) jkt: Arc<str>,
+}
+
+impl fmt::Debug for ProofKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ProofKey")
+            .field("alg", &self.alg)
+            .field("jkt", &self.jkt)
+            .finish_non_exhaustive()
+    }
+}
+
 /// The public key of a DPoP proof header (`jwk`), bound to the proof's `alg`, and its RFC 7638
 /// SHA-256 thumbprint computed from the canonical members.
-pub(crate) fn proof_key(
-    json: &str,
-    alg: SigningAlgorithm,
-) -> Result<(VerificationKey, String), KeyError> {
+pub(crate) fn proof_key(json: &str, alg: SigningAlgorithm) -> Result<ProofKey, KeyError> {
     let jwk: Jwk = serde_json::from_str(json).map_err(|_| KeyError::InvalidJwk {
         reason: "not a JSON object with string members",
     })?;
@@ -248,16 +266,20 @@ pub(crate) fn proof_key(
         return Err(invalid("the JWK's `alg` differs from the proof's"));
     }
     // The canonical members are exactly the strings given: strict base64url and the length
-    // checks in `into_key` make their encoding unique (RFC 7638 §7).
+    // checks in `checked` make their encoding unique (RFC 7638 §7).
     let jkt = jwk.thumbprint()?;
-    let mut key = jwk.into_key()?;
-    if key.alg.family() != alg.family() {
+    let (members, key_alg) = jwk.checked()?;
+    if key_alg.family() != alg.family() {
         return Err(invalid(
             "the key type and curve do not match the proof's `alg`",
         ));
     }
-    key.alg = alg;
-    Ok((key, jkt))
+    let key = PreparedKey::new(members.parts(), alg).ok_or(invalid("not a valid public key"))?;
+    Ok(ProofKey {
+        alg,
+        key,
+        jkt: jkt.into(),
+    })
 }
 
 /// The RFC 7638 SHA-256 thumbprint of a JWK (EC, RSA or OKP), base64url: the `jkt` a
@@ -365,6 +387,17 @@ impl Jwk {
     }
 
     fn into_key(self) -> Result<VerificationKey, KeyError> {
+        let (members, alg) = self.checked()?;
+        Ok(VerificationKey {
+            kid: self.kid.map(Arc::from),
+            alg,
+            key: members.parts().decoding_key(),
+        })
+    }
+
+    /// Every check a JWK must pass to verify signatures here: the decoded public members and
+    /// the algorithm the key is bound to.
+    fn checked(&self) -> Result<(PublicMembers, SigningAlgorithm), KeyError> {
         if self.d.is_some()
             || self.p.is_some()
             || self.q.is_some()
@@ -416,7 +449,7 @@ impl Jwk {
                 // Without `alg`, an RSA key is bound to RS256 (the JOSE default), never to the
                 // whole RSA family.
                 let alg = declared.unwrap_or(SigningAlgorithm::RS256);
-                (DecodingKey::from_rsa_raw_components(&n, &e), alg)
+                (PublicMembers::Rsa { n, e }, alg)
             }
             ("EC", Some(crv @ ("P-256" | "P-384"))) => {
                 let (alg, len) = if crv == "P-256" {
@@ -433,14 +466,14 @@ impl Jwk {
                 point.push(0x04);
                 point.extend_from_slice(&x);
                 point.extend_from_slice(&y);
-                (DecodingKey::from_ec_der(&point), alg)
+                (PublicMembers::Ec { point }, alg)
             }
             ("OKP", Some("Ed25519")) => {
                 let x = b64(&self.x, "missing `x`")?;
                 if x.len() != 32 {
                     return Err(invalid("Ed25519 key is not 32 bytes"));
                 }
-                (DecodingKey::from_ed_der(&x), SigningAlgorithm::EdDSA)
+                (PublicMembers::Ed25519 { x }, SigningAlgorithm::EdDSA)
             }
             _ => return Err(invalid("unsupported key type or curve")),
         };
@@ -449,12 +482,24 @@ impl Jwk {
         {
             return Err(invalid("`alg` does not match the key type and curve"));
         }
-        let alg = declared.unwrap_or(alg);
-        Ok(VerificationKey {
-            kid: self.kid.map(Arc::from),
-            alg,
-            key,
-        })
+        Ok((key, declared.unwrap_or(alg)))
+    }
+}
+
+/// The decoded public members of a checked JWK.
+enum PublicMembers {
+    Rsa { n: Vec<u8>, e: Vec<u8> },
+    Ec { point: Vec<u8> },
+    Ed25519 { x: Vec<u8> },
+}
+
+impl PublicMembers {
+    fn parts(&self) -> PublicKeyParts<'_> {
+        match self {
+            Self::Rsa { n, e } => PublicKeyParts::Rsa { n, e },
+            Self::Ec { point } => PublicKeyParts::Ec { point },
+            Self::Ed25519 { x } => PublicKeyParts::Ed25519 { x },
+        }
     }
 }
 
