@@ -28,7 +28,8 @@
 //!   unfiltered (`filter_listings = false`), against the bare service; bodies are read to the end.
 //! - `memory/*`: prints the resident-set growth per cached token and per replay entry (100 000 of
 //!   each, from `/proc/self/statm`), then times a cache hit with the cache that full and the
-//!   replay store's record of a fresh proof.
+//!   replay store's record of a fresh proof; and per remembered DPoP client key (4096, the
+//!   default proof-key cache capacity), timing a proof by a key never seen before.
 //!
 //! After the `cold`, `warm`, `dpop`, `policy` and `listing` groups, an interleaved A/B run of the
 //! compared sides prints a `paired: …` line (see [`paired`]): on a shared, noisy machine the ratios
@@ -1227,21 +1228,112 @@ fn memory(c: &mut Criterion) {
             start.elapsed()
         })
     });
+
+    // DPoP clients never seen before, up to the default proof-key cache capacity: each request
+    // parses and remembers a new key. The token cache is off, so the growth is the remembered
+    // key plus one replay entry (about 95 B, above) per client.
+    let dpop_config = DpopConfig::with_mode(DpopMode::Required);
+    let clients = dpop_config.key_cache_capacity;
+    let mut config = tower_mcp_auth::McpAuthConfig::new(RESOURCE);
+    config.token.cache_max_entries = 0;
+    let auth = McpAuth::builder()
+        .config(config)
+        .issuer(dev.issuer_config())
+        .policy(ToolScopes::new().tool("whoami", ["notes:read"]))
+        .dpop(dpop_config)
+        .build()
+        .expect("config");
+    let mut stack = auth.layer().layer(tower::service_fn(ok_handler));
+    let mut measured = false;
+    group.bench_function("dpop_proof_by_a_new_client_key", |b| {
+        // One (authorization, proof) per new client: a key, a token bound to it, a proof.
+        let new_clients = |n: usize| -> Vec<(String, String)> {
+            (0..n)
+                .map(|_| {
+                    let key = DevDpopKey::new();
+                    let token = dev
+                        .token(RESOURCE)
+                        .scope("notes:read")
+                        .dpop_bound(key.jkt())
+                        .sign();
+                    let proof = key.proof("POST", RESOURCE, &token);
+                    (format!("DPoP {token}"), proof)
+                })
+                .collect()
+        };
+        if !measured {
+            measured = true;
+            let requests = new_clients(clients + 1_000);
+            let (warm, measured_requests) = requests.split_at(1_000);
+            for (authorization, proof) in warm {
+                let req = post(Bytes::from_static(CALL_WHOAMI), authorization, Some(proof));
+                assert_eq!(call(&rt, &mut stack, req).status(), StatusCode::OK);
+            }
+            // The warm-up filled the key cache partly; fill it from empty with a fresh stack.
+            let auth = McpAuth::builder()
+                .config({
+                    let mut config = tower_mcp_auth::McpAuthConfig::new(RESOURCE);
+                    config.token.cache_max_entries = 0;
+                    config
+                })
+                .issuer(dev.issuer_config())
+                .policy(ToolScopes::new().tool("whoami", ["notes:read"]))
+                .dpop(DpopConfig::with_mode(DpopMode::Required))
+                .build()
+                .expect("config");
+            let mut fresh = auth.layer().layer(tower::service_fn(ok_handler));
+            let before = rss_bytes();
+            for (authorization, proof) in measured_requests {
+                let req = post(Bytes::from_static(CALL_WHOAMI), authorization, Some(proof));
+                assert_eq!(call(&rt, &mut fresh, req).status(), StatusCode::OK);
+            }
+            let after = rss_bytes();
+            report_memory_n(
+                "DPoP client keys remembered (+ one replay entry each)",
+                clients,
+                before,
+                after,
+                None,
+            );
+        }
+        b.iter_custom(|iters| {
+            let requests = new_clients(iters as usize);
+            let start = Instant::now();
+            for (authorization, proof) in &requests {
+                let req = post(Bytes::from_static(CALL_WHOAMI), authorization, Some(proof));
+                let response = call(&rt, &mut stack, black_box(req));
+                debug_assert_eq!(response.status(), StatusCode::OK);
+            }
+            start.elapsed()
+        })
+    });
     group.finish();
 }
 
 /// Prints the RSS growth for `MEMORY_ENTRIES` insertions (`entries`: what the store reports).
 fn report_memory(what: &str, before: Option<u64>, after: Option<u64>, entries: u64) {
+    report_memory_n(what, MEMORY_ENTRIES, before, after, Some(entries));
+}
+
+/// Prints the RSS growth for `n` insertions (`entries`: what the store reports, if it can).
+fn report_memory_n(
+    what: &str,
+    n: usize,
+    before: Option<u64>,
+    after: Option<u64>,
+    entries: Option<u64>,
+) {
+    let live = entries.map_or_else(String::new, |e| format!(" ({e} reported live)"));
     match (before, after) {
         (Some(before), Some(after)) => {
             let grown = after.saturating_sub(before);
             println!(
-                "memory: {what}: {MEMORY_ENTRIES} inserted ({entries} reported live), \
+                "memory: {what}: {n} inserted{live}, \
                  RSS {:.1} MiB -> {:.1} MiB (+{:.1} MiB), about {} bytes per entry",
                 before as f64 / 1048576.0,
                 after as f64 / 1048576.0,
                 grown as f64 / 1048576.0,
-                grown / MEMORY_ENTRIES as u64,
+                grown / n as u64,
             );
         }
         _ => println!("memory: {what}: RSS unavailable (no /proc/self/statm)"),

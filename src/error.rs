@@ -94,6 +94,9 @@ pub enum AuthErrorKind {
     /// The session store is full; a new `initialize` is refused rather than forgetting a live
     /// binding. 503 with `Retry-After`.
     SessionStoreFull,
+    /// The principal already holds as many sessions as one principal may; a new `initialize`
+    /// is refused. 429 with `Retry-After`.
+    TooManySessions,
     /// The HTTP method is not one the MCP endpoint accepts (`GET`, `POST`, `DELETE`). 405 with
     /// `Allow`.
     MethodNotAllowed,
@@ -158,6 +161,7 @@ impl AuthErrorKind {
         Self::SessionNotOwned,
         Self::UnknownSession,
         Self::SessionStoreFull,
+        Self::TooManySessions,
         Self::MethodNotAllowed,
         Self::AuditUnavailable,
         Self::MissingDpopProof,
@@ -209,6 +213,7 @@ impl AuthErrorKind {
             Self::SessionNotOwned => "session_not_owned",
             Self::UnknownSession => "unknown_session",
             Self::SessionStoreFull => "session_store_full",
+            Self::TooManySessions => "too_many_sessions",
             Self::MethodNotAllowed => "method_not_allowed",
             Self::AuditUnavailable => "audit_unavailable",
             Self::MissingDpopProof => "missing_dpop_proof",
@@ -240,6 +245,7 @@ impl AuthErrorKind {
                 | Self::BatchRefused => StatusCode::BAD_REQUEST,
                 Self::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
                 Self::SessionNotOwned | Self::UnknownSession => StatusCode::NOT_FOUND,
+                Self::TooManySessions => StatusCode::TOO_MANY_REQUESTS,
                 Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
                 _ => StatusCode::UNAUTHORIZED,
             },
@@ -262,6 +268,7 @@ impl AuthErrorKind {
             | Self::SessionNotOwned
             | Self::UnknownSession
             | Self::SessionStoreFull
+            | Self::TooManySessions
             | Self::MethodNotAllowed
             | Self::AuditUnavailable
             | Self::ReplayStoreFull => None,
@@ -317,6 +324,7 @@ impl AuthErrorKind {
             // The same text for both: a non-owner must not learn whether a session exists.
             Self::SessionNotOwned | Self::UnknownSession => "session not found",
             Self::SessionStoreFull => "the session limit is reached; retry shortly",
+            Self::TooManySessions => "too many open sessions for this caller; end one first",
             Self::MethodNotAllowed => "the HTTP method is not allowed on the MCP endpoint",
             Self::AuditUnavailable => "the audit log cannot accept more events right now",
             Self::MissingDpopProof => "the DPoP scheme needs exactly one DPoP proof header",
@@ -454,10 +462,13 @@ impl AuthError {
 
     /// A 503 telling the client when to retry.
     pub fn unavailable(kind: AuthErrorKind, retry_after_secs: u32) -> Self {
-        Self {
-            retry_after_secs: Some(retry_after_secs),
-            ..Self::new(kind)
-        }
+        Self::new(kind).with_retry_after(retry_after_secs)
+    }
+
+    /// The same error with a `Retry-After` (seconds) on its response.
+    pub fn with_retry_after(mut self, secs: u32) -> Self {
+        self.retry_after_secs = Some(secs);
+        self
     }
 
     /// The kind of failure.

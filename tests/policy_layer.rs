@@ -869,6 +869,56 @@ async fn full_session_store_refuses_initialize_and_keeps_bindings() {
     assert_eq!(head.headers()["mcp-session-id"], "sess-2");
 }
 
+#[tokio::test]
+async fn one_principal_cannot_fill_the_session_store() {
+    let dev = DevIssuer::new("https://as.example.com");
+    let server = Server::default();
+    let store =
+        Arc::new(InMemorySessionStore::new(100, Duration::from_secs(3600)).with_owner_limit(2));
+    let svc = session_stack(&dev, store, &server);
+    let alice = dev.token(RESOURCE).subject("alice").sign();
+    let bob = dev.token(RESOURCE).subject("bob").sign();
+    let whoami = tools_call(5, "whoami", "{}");
+
+    for _ in 0..2 {
+        let (init, _, _) = send(&svc, request("POST", &alice, None, Some(INITIALIZE))).await;
+        assert_eq!(init, ok());
+    }
+    // Alice's third session: 429 + Retry-After, before the server creates it.
+    let (third, head, _) = send(&svc, request("POST", &alice, None, Some(INITIALIZE))).await;
+    assert_eq!(
+        third,
+        Seen {
+            status: 429,
+            rpc: Some((-32600, serde_json::json!(0))),
+            www_authenticate: None,
+        }
+    );
+    assert_eq!(head.headers()["retry-after"], "30");
+    assert_eq!(
+        head.extensions().get::<AuthError>().unwrap().kind(),
+        AuthErrorKind::TooManySessions
+    );
+    assert_eq!(server.minted.load(Ordering::SeqCst), 2, "not forwarded");
+    // Another token for the same subject and client is the same owner.
+    let alice_again = dev.token(RESOURCE).subject("alice").sign();
+    let (same_owner, _, _) =
+        send(&svc, request("POST", &alice_again, None, Some(INITIALIZE))).await;
+    assert_eq!(same_owner.status, 429);
+    // Bob is unaffected, and alice's sessions keep working.
+    let (init_bob, head, _) = send(&svc, request("POST", &bob, None, Some(INITIALIZE))).await;
+    assert_eq!(init_bob, ok());
+    assert_eq!(head.headers()["mcp-session-id"], "sess-3");
+    let (mine, _, _) = send(&svc, request("POST", &alice, Some("sess-1"), Some(&whoami))).await;
+    assert_eq!(mine, ok());
+    // Ending one of her sessions lets alice open another.
+    let (deleted, _, _) = send(&svc, request("DELETE", &alice, Some("sess-1"), None)).await;
+    assert_eq!(deleted, ok());
+    let (again, head, _) = send(&svc, request("POST", &alice, None, Some(INITIALIZE))).await;
+    assert_eq!(again, ok());
+    assert_eq!(head.headers()["mcp-session-id"], "sess-4");
+}
+
 /// A store that always claims room but refuses every binding: the race for the last slot.
 #[derive(Debug)]
 struct RefusingStore;
@@ -879,8 +929,8 @@ impl SessionStore for RefusingStore {
         &self,
         _: tower_mcp_auth::policy::SessionKey,
         _: tower_mcp_auth::policy::SessionOwner,
-    ) -> Result<(), tower_mcp_auth::policy::SessionStoreFull> {
-        Err(tower_mcp_auth::policy::SessionStoreFull)
+    ) -> Result<(), tower_mcp_auth::policy::BindRefused> {
+        Err(tower_mcp_auth::policy::BindRefused::StoreFull)
     }
     async fn owner(
         &self,

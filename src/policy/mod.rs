@@ -96,5 +96,5 @@ pub use classify::{CompletionRef, Operation};
 pub use decide::{All, Any, Decision, Not, Policy, PolicyRequest, all, any, not};
 pub use layer::McpPolicyLayer;
 pub use service::{McpPolicy, ResponseFuture};
-pub use session::{InMemorySessionStore, SessionKey, SessionOwner, SessionStore, SessionStoreFull};
+pub use session::{BindRefused, InMemorySessionStore, SessionKey, SessionOwner, SessionStore};
 pub use tool_scopes::{BatchMode, DenialStyle, PolicyConfig, ToolScopes, Unlisted};

@@ -21,7 +21,7 @@ use super::classify::{Classified, Operation, classify};
 use super::decide::{Decision, Policy, PolicyRequest};
 use super::layer::PolicyShared;
 use super::listing::{ListKind, ListRequests, ListingBody, ListingFilter};
-use super::session::{SessionKey, SessionOwner};
+use super::session::{BindRefused, SessionKey, SessionOwner};
 use super::tool_scopes::{BatchMode, DenialStyle};
 use crate::audit::AuditRecord;
 use crate::audit::event::PolicyProgress;
@@ -35,11 +35,16 @@ const SESSION_HEADER: &str = "mcp-session-id";
 /// The methods the MCP endpoint accepts (the `Allow` of a 405).
 const ALLOWED_METHODS: &str = "GET, POST, DELETE, OPTIONS";
 
-/// Seconds a client is told to wait when the session store is full.
+/// Seconds a client is told to wait when no session can be bound.
 const SESSION_RETRY_AFTER_SECS: u32 = 30;
 
-fn session_store_full() -> AuthError {
-    AuthError::unavailable(AuthErrorKind::SessionStoreFull, SESSION_RETRY_AFTER_SECS)
+/// 503 when the store is full, 429 when the principal holds too many sessions.
+fn bind_refused(refused: BindRefused) -> AuthError {
+    let kind = match refused {
+        BindRefused::OwnerLimit => AuthErrorKind::TooManySessions,
+        _ => AuthErrorKind::SessionStoreFull,
+    };
+    AuthError::new(kind).with_retry_after(SESSION_RETRY_AFTER_SECS)
 }
 
 /// Authorizes each JSON-RPC message before calling `S`; built by
@@ -241,9 +246,9 @@ where
     // Refuse a new session before the server creates it when its binding could not be kept.
     if plan.initialize
         && let Some(store) = &shared.sessions
-        && !store.has_room().await
+        && let Err(refused) = store.has_room(&SessionOwner::of(&principal)).await
     {
-        return Ok(shared.reject(session_store_full(), plan.initialize_id.as_deref()));
+        return Ok(shared.reject(bind_refused(refused), plan.initialize_id.as_deref()));
     }
 
     let filter = (shared.filter_listings && !plan.lists.is_empty()).then(|| PrincipalFilter {
@@ -263,14 +268,13 @@ where
             .headers()
             .get(SESSION_HEADER)
             .and_then(|v| v.to_str().ok())
-        && store
+        && let Err(refused) = store
             .bind(SessionKey::of(id), SessionOwner::of(&principal))
             .await
-            .is_err()
     {
         // Lost a race for the last slot: the session id never reaches the client, so no
         // session exists that the store does not bind.
-        return Ok(shared.reject(session_store_full(), plan.initialize_id.as_deref()));
+        return Ok(shared.reject(bind_refused(refused), plan.initialize_id.as_deref()));
     }
 
     match filter {
