@@ -6,6 +6,9 @@
 //! wins) and a build with neither does not compile.
 
 use jsonwebtoken::crypto::CryptoProvider;
+use jsonwebtoken::{Algorithm, DecodingKey};
+
+use crate::SigningAlgorithm;
 
 #[cfg(not(any(feature = "aws-lc-rs", feature = "rust-crypto")))]
 compile_error!(
@@ -31,105 +34,192 @@ pub(crate) fn provider() -> &'static CryptoProvider {
     unreachable!()
 }
 
-/// The decoded public members of a checked JWK (big-endian integers, SEC1 point, raw key).
-#[derive(Debug, Clone, Copy)]
-pub(crate) enum PublicKeyParts<'a> {
-    /// RSA modulus and exponent.
-    Rsa { n: &'a [u8], e: &'a [u8] },
-    /// An uncompressed SEC1 point (`0x04 || x || y`) on P-256 or P-384.
-    Ec { point: &'a [u8] },
-    /// A raw 32-byte Ed25519 public key.
-    Ed25519 { x: &'a [u8] },
-}
-
-impl PublicKeyParts<'_> {
-    /// The key as jsonwebtoken takes it.
-    pub(crate) fn decoding_key(&self) -> jsonwebtoken::DecodingKey {
-        use jsonwebtoken::DecodingKey;
-        match *self {
-            Self::Rsa { n, e } => DecodingKey::from_rsa_raw_components(n, e),
-            Self::Ec { point } => DecodingKey::from_ec_der(point),
-            Self::Ed25519 { x } => DecodingKey::from_ed_der(x),
-        }
-    }
-}
-
 /// A public key parsed once and bound to one algorithm: each verification skips re-reading
-/// the key's encoding (with aws-lc-rs, a `ParsedPublicKey`; with RustCrypto, jsonwebtoken's
-/// verifier, which parses per call).
+/// the key's encoding. With aws-lc-rs it is a `ParsedPublicKey` built from the same bytes and
+/// with the same verification algorithm jsonwebtoken's aws-lc-rs backend uses (which parses the
+/// key again on every call); with RustCrypto, and for HMAC secrets, jsonwebtoken's verifier.
+#[derive(Clone)]
 pub(crate) struct PreparedKey {
     #[cfg(feature = "aws-lc-rs")]
-    parsed: aws_lc_rs::signature::ParsedPublicKey,
-    #[cfg(not(feature = "aws-lc-rs"))]
-    key: jsonwebtoken::DecodingKey,
-    #[cfg(not(feature = "aws-lc-rs"))]
-    alg: jsonwebtoken::Algorithm,
+    parsed: Option<aws_lc_rs::signature::ParsedPublicKey>,
+    key: DecodingKey,
+    alg: Algorithm,
 }
 
 impl PreparedKey {
-    /// The key for `alg`, or `None` when the parts are not a valid key of `alg`'s family.
-    #[cfg(feature = "aws-lc-rs")]
-    pub(crate) fn new(parts: PublicKeyParts<'_>, alg: crate::SigningAlgorithm) -> Option<Self> {
-        use crate::SigningAlgorithm as A;
-        use aws_lc_rs::signature::{self as sig, ParsedPublicKey, RsaPublicKeyComponents};
-        // The same verification algorithms jsonwebtoken's aws-lc-rs backend uses.
-        let rsa = |params: &'static sig::RsaParameters, n: &[u8], e: &[u8]| {
-            RsaPublicKeyComponents { n, e }.to_parsed_public_key(params)
-        };
-        let parsed = match (parts, alg) {
-            (PublicKeyParts::Ec { point }, A::ES256) => {
-                ParsedPublicKey::new(&sig::ECDSA_P256_SHA256_FIXED, point)
-            }
-            (PublicKeyParts::Ec { point }, A::ES384) => {
-                ParsedPublicKey::new(&sig::ECDSA_P384_SHA384_FIXED, point)
-            }
-            (PublicKeyParts::Ed25519 { x }, A::EdDSA) => ParsedPublicKey::new(&sig::ED25519, x),
-            (PublicKeyParts::Rsa { n, e }, A::RS256) => rsa(&sig::RSA_PKCS1_2048_8192_SHA256, n, e),
-            (PublicKeyParts::Rsa { n, e }, A::RS384) => rsa(&sig::RSA_PKCS1_2048_8192_SHA384, n, e),
-            (PublicKeyParts::Rsa { n, e }, A::RS512) => rsa(&sig::RSA_PKCS1_2048_8192_SHA512, n, e),
-            (PublicKeyParts::Rsa { n, e }, A::PS256) => rsa(&sig::RSA_PSS_2048_8192_SHA256, n, e),
-            (PublicKeyParts::Rsa { n, e }, A::PS384) => rsa(&sig::RSA_PSS_2048_8192_SHA384, n, e),
-            (PublicKeyParts::Rsa { n, e }, A::PS512) => rsa(&sig::RSA_PSS_2048_8192_SHA512, n, e),
-            _ => return None,
-        };
-        parsed.ok().map(|parsed| Self { parsed })
-    }
-
-    /// The key for `alg`, or `None` when the parts are not a key of `alg`'s family.
-    #[cfg(not(feature = "aws-lc-rs"))]
-    pub(crate) fn new(parts: PublicKeyParts<'_>, alg: crate::SigningAlgorithm) -> Option<Self> {
-        use crate::keys::KeyFamily;
-        let fits = match parts {
-            PublicKeyParts::Rsa { .. } => alg.family() == KeyFamily::Rsa,
-            PublicKeyParts::Ec { point } => match alg.family() {
-                KeyFamily::EcP256 => point.len() == 65,
-                KeyFamily::EcP384 => point.len() == 97,
-                _ => false,
-            },
-            PublicKeyParts::Ed25519 { .. } => alg.family() == KeyFamily::Ed25519,
-        };
-        fits.then(|| Self {
-            key: parts.decoding_key(),
+    /// `key` for `alg`. A key aws-lc-rs cannot parse for `alg` keeps jsonwebtoken's path, which
+    /// then refuses every signature as before.
+    pub(crate) fn new(key: DecodingKey, alg: SigningAlgorithm) -> Self {
+        Self {
+            #[cfg(feature = "aws-lc-rs")]
+            parsed: parse(&key, alg),
             alg: alg.to_jwt(),
-        })
+            key,
+        }
     }
 
-    /// Whether `signature` is a valid signature of `message` by this key.
-    #[cfg(feature = "aws-lc-rs")]
+    /// Whether `signature` is a valid signature of `message` by this key under its algorithm.
     pub(crate) fn verify(&self, message: &[u8], signature: &[u8]) -> bool {
-        self.parsed.verify_sig(message, signature).is_ok()
-    }
-
-    /// Whether `signature` is a valid signature of `message` by this key.
-    #[cfg(not(feature = "aws-lc-rs"))]
-    pub(crate) fn verify(&self, message: &[u8], signature: &[u8]) -> bool {
+        #[cfg(feature = "aws-lc-rs")]
+        if let Some(parsed) = &self.parsed {
+            return parsed.verify_sig(message, signature).is_ok();
+        }
         (provider().verifier_factory)(&self.alg, &self.key)
             .is_ok_and(|v| v.verify(message, &signature.to_vec()).is_ok())
     }
 }
 
+/// The key parsed for `alg`, as jsonwebtoken's aws-lc-rs backend would read it per call.
+#[cfg(feature = "aws-lc-rs")]
+fn parse(
+    key: &DecodingKey,
+    alg: SigningAlgorithm,
+) -> Option<aws_lc_rs::signature::ParsedPublicKey> {
+    use SigningAlgorithm as A;
+    use aws_lc_rs::signature::{self as sig, ParsedPublicKey, RsaPublicKeyComponents};
+    use jsonwebtoken::DecodingKeyKind;
+    // As jsonwebtoken's verifiers do: a key of another family never verifies.
+    if key.family() != alg.to_jwt().family() {
+        return None;
+    }
+    let rsa: &'static sig::RsaParameters = match alg {
+        A::RS256 => &sig::RSA_PKCS1_2048_8192_SHA256,
+        A::RS384 => &sig::RSA_PKCS1_2048_8192_SHA384,
+        A::RS512 => &sig::RSA_PKCS1_2048_8192_SHA512,
+        A::PS256 => &sig::RSA_PSS_2048_8192_SHA256,
+        A::PS384 => &sig::RSA_PSS_2048_8192_SHA384,
+        A::PS512 => &sig::RSA_PSS_2048_8192_SHA512,
+        A::ES256 | A::ES384 | A::EdDSA => {
+            let DecodingKeyKind::SecretOrDer(bytes) = key.kind() else {
+                return None;
+            };
+            let algorithm: &'static dyn sig::VerificationAlgorithm = match alg {
+                A::ES256 => &sig::ECDSA_P256_SHA256_FIXED,
+                A::ES384 => &sig::ECDSA_P384_SHA384_FIXED,
+                _ => &sig::ED25519,
+            };
+            return ParsedPublicKey::new(algorithm, bytes).ok();
+        }
+        A::HS256 | A::HS384 | A::HS512 => return None,
+    };
+    match key.kind() {
+        DecodingKeyKind::SecretOrDer(der) => ParsedPublicKey::new(rsa, der).ok(),
+        DecodingKeyKind::RsaModulusExponent { n, e } => RsaPublicKeyComponents { n, e }
+            .to_parsed_public_key(rsa)
+            .ok(),
+    }
+}
+
 impl std::fmt::Debug for PreparedKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PreparedKey").finish_non_exhaustive()
+        f.debug_struct("PreparedKey")
+            .field("alg", &self.alg)
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(all(test, feature = "aws-lc-rs"))]
+mod tests {
+    use aws_lc_rs::rand::SystemRandom;
+    use aws_lc_rs::signature::{self as sig, KeyPair as _};
+    use jsonwebtoken::DecodingKey;
+
+    use super::*;
+
+    /// What jsonwebtoken's own verifier says, the reference the prepared key must match.
+    fn reference(
+        key: &DecodingKey,
+        alg: SigningAlgorithm,
+        message: &[u8],
+        signature: &[u8],
+    ) -> bool {
+        (provider().verifier_factory)(&alg.to_jwt(), key)
+            .is_ok_and(|v| v.verify(message, &signature.to_vec()).is_ok())
+    }
+
+    /// A prepared key agrees with jsonwebtoken on valid, altered and cross-algorithm signatures.
+    #[test]
+    fn prepared_keys_agree_with_jsonwebtoken() {
+        let rng = SystemRandom::new();
+        let message = b"header.payload";
+        let mut cases: Vec<(DecodingKey, SigningAlgorithm, Vec<u8>)> = Vec::new();
+
+        for (signing, alg) in [
+            (
+                &sig::ECDSA_P256_SHA256_FIXED_SIGNING,
+                SigningAlgorithm::ES256,
+            ),
+            (
+                &sig::ECDSA_P384_SHA384_FIXED_SIGNING,
+                SigningAlgorithm::ES384,
+            ),
+        ] {
+            let pkcs8 = sig::EcdsaKeyPair::generate_pkcs8(signing, &rng).unwrap();
+            let pair = sig::EcdsaKeyPair::from_pkcs8(signing, pkcs8.as_ref()).unwrap();
+            let signature = pair.sign(&rng, message).unwrap().as_ref().to_vec();
+            cases.push((
+                DecodingKey::from_ec_der(pair.public_key().as_ref()),
+                alg,
+                signature,
+            ));
+        }
+        let pkcs8 = sig::Ed25519KeyPair::generate_pkcs8(&rng).unwrap();
+        let ed = sig::Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap();
+        cases.push((
+            DecodingKey::from_ed_der(ed.public_key().as_ref()),
+            SigningAlgorithm::EdDSA,
+            ed.sign(message).as_ref().to_vec(),
+        ));
+        let rsa = sig::RsaKeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).unwrap();
+        for (padding, alg) in [
+            (
+                &sig::RSA_PKCS1_SHA256 as &dyn sig::RsaEncoding,
+                SigningAlgorithm::RS256,
+            ),
+            (&sig::RSA_PSS_SHA256, SigningAlgorithm::PS256),
+            (&sig::RSA_PKCS1_SHA512, SigningAlgorithm::RS512),
+        ] {
+            let mut signature = vec![0; rsa.public_modulus_len()];
+            rsa.sign(padding, &rng, message, &mut signature).unwrap();
+            cases.push((
+                DecodingKey::from_rsa_der(rsa.public_key().as_ref()),
+                alg,
+                signature,
+            ));
+        }
+
+        let algorithms = [
+            SigningAlgorithm::ES256,
+            SigningAlgorithm::ES384,
+            SigningAlgorithm::EdDSA,
+            SigningAlgorithm::RS256,
+            SigningAlgorithm::PS256,
+            SigningAlgorithm::RS512,
+        ];
+        for (key, signed_with, signature) in &cases {
+            let mut altered = signature.clone();
+            altered[signature.len() / 2] ^= 1;
+            for alg in algorithms {
+                let prepared = PreparedKey::new(key.clone(), alg);
+                for (what, message, signature) in [
+                    ("valid", &message[..], &signature[..]),
+                    ("other message", &b"header.payloaD"[..], &signature[..]),
+                    ("altered signature", &message[..], &altered[..]),
+                    (
+                        "truncated signature",
+                        &message[..],
+                        &signature[..signature.len() - 1],
+                    ),
+                ] {
+                    let expected = reference(key, alg, message, signature);
+                    assert_eq!(
+                        prepared.verify(message, signature),
+                        expected,
+                        "{signed_with} key, verified as {alg}: {what}"
+                    );
+                    assert_eq!(expected, alg == *signed_with && what == "valid");
+                }
+            }
+        }
     }
 }

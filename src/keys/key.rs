@@ -10,7 +10,7 @@ use serde::Deserialize;
 
 use super::KeyError;
 use super::algorithm::{KeyFamily, SigningAlgorithm};
-use crate::crypto::{PreparedKey, PublicKeyParts};
+use crate::crypto::PreparedKey;
 
 /// Smallest RSA modulus accepted (RFC 7518 §3.3, RFC 8725 §3.2).
 const MIN_RSA_BITS: usize = 2048;
@@ -24,7 +24,8 @@ pub(crate) const MAX_KID_LEN: usize = 256;
 pub struct VerificationKey {
     kid: Option<Arc<str>>,
     alg: SigningAlgorithm,
-    key: DecodingKey,
+    /// Parsed once, for `alg`.
+    key: PreparedKey,
 }
 
 impl VerificationKey {
@@ -40,7 +41,7 @@ impl VerificationKey {
         Ok(Self {
             kid: None,
             alg,
-            key,
+            key: PreparedKey::new(key, alg),
         })
     }
 
@@ -65,7 +66,7 @@ impl VerificationKey {
         Ok(Self {
             kid: None,
             alg,
-            key: DecodingKey::from_secret(secret),
+            key: PreparedKey::new(DecodingKey::from_secret(secret), alg),
         })
     }
 
@@ -85,8 +86,9 @@ impl VerificationKey {
         self.alg
     }
 
-    pub(crate) fn decoding_key(&self) -> &DecodingKey {
-        &self.key
+    /// Whether `signature` is this key's signature of `message` under its algorithm.
+    pub(crate) fn verify(&self, message: &[u8], signature: &[u8]) -> bool {
+        self.key.verify(message, signature)
     }
 }
 
@@ -268,13 +270,13 @@ pub(crate) fn proof_key(json: &str, alg: SigningAlgorithm) -> Result<ProofKey, K
     // The canonical members are exactly the strings given: strict base64url and the length
     // checks in `checked` make their encoding unique (RFC 7638 §7).
     let jkt = jwk.thumbprint()?;
-    let (members, key_alg) = jwk.checked()?;
+    let (key, key_alg) = jwk.checked()?;
     if key_alg.family() != alg.family() {
         return Err(invalid(
             "the key type and curve do not match the proof's `alg`",
         ));
     }
-    let key = PreparedKey::new(members.parts(), alg).ok_or(invalid("not a valid public key"))?;
+    let key = PreparedKey::new(key, alg);
     Ok(ProofKey {
         alg,
         key,
@@ -387,17 +389,17 @@ impl Jwk {
     }
 
     fn into_key(self) -> Result<VerificationKey, KeyError> {
-        let (members, alg) = self.checked()?;
+        let (key, alg) = self.checked()?;
         Ok(VerificationKey {
             kid: self.kid.map(Arc::from),
             alg,
-            key: members.parts().decoding_key(),
+            key: PreparedKey::new(key, alg),
         })
     }
 
-    /// Every check a JWK must pass to verify signatures here: the decoded public members and
-    /// the algorithm the key is bound to.
-    fn checked(&self) -> Result<(PublicMembers, SigningAlgorithm), KeyError> {
+    /// Every check a JWK must pass to verify signatures here: the key and the algorithm it is
+    /// bound to.
+    fn checked(&self) -> Result<(DecodingKey, SigningAlgorithm), KeyError> {
         if self.d.is_some()
             || self.p.is_some()
             || self.q.is_some()
@@ -449,7 +451,7 @@ impl Jwk {
                 // Without `alg`, an RSA key is bound to RS256 (the JOSE default), never to the
                 // whole RSA family.
                 let alg = declared.unwrap_or(SigningAlgorithm::RS256);
-                (PublicMembers::Rsa { n, e }, alg)
+                (DecodingKey::from_rsa_raw_components(&n, &e), alg)
             }
             ("EC", Some(crv @ ("P-256" | "P-384"))) => {
                 let (alg, len) = if crv == "P-256" {
@@ -466,14 +468,14 @@ impl Jwk {
                 point.push(0x04);
                 point.extend_from_slice(&x);
                 point.extend_from_slice(&y);
-                (PublicMembers::Ec { point }, alg)
+                (DecodingKey::from_ec_der(&point), alg)
             }
             ("OKP", Some("Ed25519")) => {
                 let x = b64(&self.x, "missing `x`")?;
                 if x.len() != 32 {
                     return Err(invalid("Ed25519 key is not 32 bytes"));
                 }
-                (PublicMembers::Ed25519 { x }, SigningAlgorithm::EdDSA)
+                (DecodingKey::from_ed_der(&x), SigningAlgorithm::EdDSA)
             }
             _ => return Err(invalid("unsupported key type or curve")),
         };
@@ -483,23 +485,6 @@ impl Jwk {
             return Err(invalid("`alg` does not match the key type and curve"));
         }
         Ok((key, declared.unwrap_or(alg)))
-    }
-}
-
-/// The decoded public members of a checked JWK.
-enum PublicMembers {
-    Rsa { n: Vec<u8>, e: Vec<u8> },
-    Ec { point: Vec<u8> },
-    Ed25519 { x: Vec<u8> },
-}
-
-impl PublicMembers {
-    fn parts(&self) -> PublicKeyParts<'_> {
-        match self {
-            Self::Rsa { n, e } => PublicKeyParts::Rsa { n, e },
-            Self::Ec { point } => PublicKeyParts::Ec { point },
-            Self::Ed25519 { x } => PublicKeyParts::Ed25519 { x },
-        }
     }
 }
 

@@ -367,8 +367,14 @@ mod tests {
         assert_eq!(mock.calls.load(Ordering::SeqCst), 1);
     }
 
+    /// Held by the tests that reach the refresh-failure event. A test on another thread
+    /// registering that callsite while the capturing test sets up its subscriber can leave the
+    /// callsite's cached interest at "never", and the capture then misses the event.
+    static FAILURE_EVENT: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
     #[tokio::test]
     async fn failure_without_cached_keys_is_unavailable() {
+        let _serial = FAILURE_EVENT.lock().await;
         let (mock, jwks) = source(Err(()));
         assert!(jwks.refresh(RefreshReason::Expired).await.is_err());
         assert!(jwks.refresh(RefreshReason::Expired).await.is_err());
@@ -399,6 +405,7 @@ mod tests {
 
     #[tokio::test]
     async fn stats_and_events_for_refresh_failure_stale_serve_and_cooldown() {
+        let _serial = FAILURE_EVENT.lock().await;
         let capture = Capture::default();
         let subscriber = tracing_subscriber::fmt()
             .with_max_level(tracing::Level::DEBUG)

@@ -17,7 +17,6 @@ use serde::Deserialize;
 use serde::de::{self, Deserializer};
 
 use super::TokenVerifier;
-use crate::crypto::provider;
 use crate::error::{AuthError, AuthErrorKind};
 use crate::jose::{CompactJws, json_object, numeric_date, present, string, thumbprint};
 use crate::keys::{
@@ -235,11 +234,9 @@ impl JwtVerifier {
                 return Err(AuthError::new(AuthErrorKind::UnknownKey).with_detail("ambiguous kid"));
             }
         };
-        let verifier = (provider().verifier_factory)(&parsed.alg.to_jwt(), key.decoding_key())
-            .map_err(|_| AuthError::new(AuthErrorKind::InvalidSignature))?;
-        verifier
-            .verify(parsed.signing_input.as_bytes(), &parsed.signature)
-            .map_err(|_| AuthError::new(AuthErrorKind::InvalidSignature))?;
+        if !key.verify(parsed.signing_input.as_bytes(), &parsed.signature) {
+            return Err(AuthErrorKind::InvalidSignature.into());
+        }
         let required = trusted.required.unwrap_or(inner.required);
         validate_claims(parsed.claims, &parsed.payload, token, inner, required)
     }
