@@ -380,17 +380,13 @@ impl TokenVerifier for IntrospectionVerifier {
         {
             return Err(AuthErrorKind::IssuedInFuture.into());
         }
-        if self.required.sub && r.sub.is_none() {
-            return Err(missing("sub"));
-        }
-        if self.required.client_id && r.client_id.is_none() {
-            return Err(missing("client_id"));
-        }
-        if self.required.iat && r.iat.is_none() {
-            return Err(missing("iat"));
-        }
-        if self.required.jti && r.jti.is_none() {
-            return Err(missing("jti"));
+        if let Some(name) = self.required.first_missing(
+            r.sub.is_some(),
+            r.client_id.is_some(),
+            r.iat.is_some(),
+            r.jti.is_some(),
+        ) {
+            return Err(missing(name));
         }
         let confirmation = match r.cnf {
             Some(CnfResponse {

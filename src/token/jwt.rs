@@ -101,6 +101,27 @@ pub struct RequiredClaims {
     pub jti: bool,
 }
 
+impl RequiredClaims {
+    /// The first required claim that is absent, given which of `sub`, `client_id`, `iat` and
+    /// `jti` are present (the order the checks report them in).
+    pub(crate) fn first_missing(
+        &self,
+        sub: bool,
+        client_id: bool,
+        iat: bool,
+        jti: bool,
+    ) -> Option<&'static str> {
+        [
+            (self.sub && !sub, "sub"),
+            (self.client_id && !client_id, "client_id"),
+            (self.iat && !iat, "iat"),
+            (self.jti && !jti, "jti"),
+        ]
+        .into_iter()
+        .find_map(|(missing, name)| missing.then_some(name))
+    }
+}
+
 impl Default for RequiredClaims {
     fn default() -> Self {
         Self {
@@ -493,17 +514,13 @@ fn validate_claims(
     if !audience.contains(&inner.resource) {
         return Err(AuthErrorKind::WrongAudience.into());
     }
-    if required.sub && claims.sub.is_none() {
-        return Err(missing("sub"));
-    }
-    if required.client_id && claims.client_id.is_none() {
-        return Err(missing("client_id"));
-    }
-    if required.iat && claims.iat.is_none() {
-        return Err(missing("iat"));
-    }
-    if required.jti && claims.jti.is_none() {
-        return Err(missing("jti"));
+    if let Some(name) = required.first_missing(
+        claims.sub.is_some(),
+        claims.client_id.is_some(),
+        claims.iat.is_some(),
+        claims.jti.is_some(),
+    ) {
+        return Err(missing(name));
     }
     if let Some(max) = inner.max_lifetime {
         let iat = claims.iat.ok_or_else(|| missing("iat"))?;
