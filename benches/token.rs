@@ -734,6 +734,17 @@ struct ProofClaims {
     ath: String,
 }
 
+/// The whole stack for `dev`'s tokens with `dpop`, `whoami` needing `notes:read`.
+fn dpop_auth(dev: &DevIssuer, config: tower_mcp_auth::McpAuthConfig, dpop: DpopConfig) -> McpAuth {
+    McpAuth::builder()
+        .config(config)
+        .issuer(dev.issuer_config())
+        .policy(ToolScopes::new().tool("whoami", ["notes:read"]))
+        .dpop(dpop)
+        .build()
+        .expect("config")
+}
+
 fn dpop(c: &mut Criterion) {
     install_jsonwebtoken_provider();
     let rt = runtime();
@@ -741,13 +752,7 @@ fn dpop(c: &mut Criterion) {
     let mut config = DpopConfig::with_mode(DpopMode::Required);
     // Every timed request records a new (key, jti); none may be refused for lack of room.
     config.replay_capacity = 4_000_000;
-    let auth = McpAuth::builder()
-        .resource(RESOURCE)
-        .issuer(dev.issuer_config())
-        .policy(ToolScopes::new().tool("whoami", ["notes:read"]))
-        .dpop(config)
-        .build()
-        .expect("config");
+    let auth = dpop_auth(&dev, tower_mcp_auth::McpAuthConfig::new(RESOURCE), config);
     let key = DevDpopKey::new();
     let token = dev
         .token(RESOURCE)
@@ -1238,13 +1243,7 @@ fn memory(c: &mut Criterion) {
     dpop_config.key_cache_capacity = MEMORY_CLIENTS;
     let mut config = tower_mcp_auth::McpAuthConfig::new(RESOURCE);
     config.token.cache_max_entries = 0;
-    let auth = McpAuth::builder()
-        .config(config)
-        .issuer(dev.issuer_config())
-        .policy(ToolScopes::new().tool("whoami", ["notes:read"]))
-        .dpop(dpop_config)
-        .build()
-        .expect("config");
+    let auth = dpop_auth(&dev, config, dpop_config);
     let mut stack = auth.layer().layer(tower::service_fn(ok_handler));
     // One (authorization, proof) per new client: a key, a token bound to it, a proof.
     let new_clients = |n: usize| -> Vec<(String, String)> {
