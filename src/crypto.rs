@@ -137,6 +137,26 @@ mod tests {
             .is_ok_and(|v| v.verify(message, &signature.to_vec()).is_ok())
     }
 
+    /// `n` and `e` of a PKCS#1 `RSAPublicKey` (DER `SEQUENCE { INTEGER, INTEGER }`), without
+    /// leading zero bytes.
+    fn rsa_components(der: &[u8]) -> (&[u8], &[u8]) {
+        // A tag, then a short or long (0x81/0x82) length: (contents, rest).
+        fn element(input: &[u8], tag: u8) -> (&[u8], &[u8]) {
+            assert_eq!(input[0], tag);
+            let (len, header) = match input[1] {
+                0x81 => (usize::from(input[2]), 3),
+                0x82 => (usize::from(input[2]) << 8 | usize::from(input[3]), 4),
+                short => (usize::from(short), 2),
+            };
+            input[header..].split_at(len)
+        }
+        let (sequence, _) = element(der, 0x30);
+        let (n, rest) = element(sequence, 0x02);
+        let (e, _) = element(rest, 0x02);
+        let trim = |v: &[u8]| v.iter().position(|&b| b != 0).unwrap_or(v.len());
+        (&n[trim(n)..], &e[trim(e)..])
+    }
+
     /// A prepared key agrees with jsonwebtoken on valid, altered and cross-algorithm signatures.
     #[test]
     fn prepared_keys_agree_with_jsonwebtoken() {
@@ -181,11 +201,11 @@ mod tests {
         ] {
             let mut signature = vec![0; rsa.public_modulus_len()];
             rsa.sign(padding, &rng, message, &mut signature).unwrap();
-            cases.push((
-                DecodingKey::from_rsa_der(rsa.public_key().as_ref()),
-                alg,
-                signature,
-            ));
+            let der = rsa.public_key().as_ref();
+            cases.push((DecodingKey::from_rsa_der(der), alg, signature.clone()));
+            // The same key as a JWK gives it: modulus and exponent.
+            let (n, e) = rsa_components(der);
+            cases.push((DecodingKey::from_rsa_raw_components(n, e), alg, signature));
         }
 
         let algorithms = [
