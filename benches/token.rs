@@ -734,6 +734,17 @@ struct ProofClaims {
     ath: String,
 }
 
+/// A new DPoP client: its key and a `notes:read` token from `dev` bound to it.
+fn dpop_client(dev: &DevIssuer) -> (DevDpopKey, String) {
+    let key = DevDpopKey::new();
+    let token = dev
+        .token(RESOURCE)
+        .scope("notes:read")
+        .dpop_bound(key.jkt())
+        .sign();
+    (key, token)
+}
+
 /// The whole stack for `dev`'s tokens with `dpop`, `whoami` needing `notes:read`.
 fn dpop_auth(dev: &DevIssuer, config: tower_mcp_auth::McpAuthConfig, dpop: DpopConfig) -> McpAuth {
     McpAuth::builder()
@@ -753,12 +764,7 @@ fn dpop(c: &mut Criterion) {
     // Every timed request records a new (key, jti); none may be refused for lack of room.
     config.replay_capacity = 4_000_000;
     let auth = dpop_auth(&dev, tower_mcp_auth::McpAuthConfig::new(RESOURCE), config);
-    let key = DevDpopKey::new();
-    let token = dev
-        .token(RESOURCE)
-        .scope("notes:read")
-        .dpop_bound(key.jkt())
-        .sign();
+    let (key, token) = dpop_client(&dev);
     let authorization = format!("DPoP {token}");
     let mut stack = auth.layer().layer(tower::service_fn(ok_handler));
     let make = |proof: &str| post(Bytes::from_static(CALL_WHOAMI), &authorization, Some(proof));
@@ -1249,12 +1255,7 @@ fn memory(c: &mut Criterion) {
     let new_clients = |n: usize| -> Vec<(String, String)> {
         (0..n)
             .map(|_| {
-                let key = DevDpopKey::new();
-                let token = dev
-                    .token(RESOURCE)
-                    .scope("notes:read")
-                    .dpop_bound(key.jkt())
-                    .sign();
+                let (key, token) = dpop_client(&dev);
                 let proof = key.proof("POST", RESOURCE, &token);
                 (format!("DPoP {token}"), proof)
             })
