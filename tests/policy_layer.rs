@@ -919,9 +919,10 @@ async fn one_principal_cannot_fill_the_session_store() {
     assert_eq!(head.headers()["mcp-session-id"], "sess-4");
 }
 
-/// A store that always claims room but refuses every binding: the race for the last slot.
+/// A store that always claims room but refuses every binding (the race for the last slot, or
+/// for the owner's last slot) with the given reason.
 #[derive(Debug)]
-struct RefusingStore;
+struct RefusingStore(tower_mcp_auth::policy::BindRefused);
 
 #[async_trait::async_trait]
 impl SessionStore for RefusingStore {
@@ -930,7 +931,7 @@ impl SessionStore for RefusingStore {
         _: tower_mcp_auth::policy::SessionKey,
         _: tower_mcp_auth::policy::SessionOwner,
     ) -> Result<(), tower_mcp_auth::policy::BindRefused> {
-        Err(tower_mcp_auth::policy::BindRefused::StoreFull)
+        Err(self.0)
     }
     async fn owner(
         &self,
@@ -945,12 +946,27 @@ impl SessionStore for RefusingStore {
 async fn a_session_that_cannot_be_bound_never_reaches_the_client() {
     let dev = DevIssuer::new("https://as.example.com");
     let server = Server::default();
-    let svc = session_stack(&dev, Arc::new(RefusingStore), &server);
     let alice = dev.token(RESOURCE).subject("alice").sign();
-    let (got, head, _) = send(&svc, request("POST", &alice, None, Some(INITIALIZE))).await;
-    assert_eq!(got.status, 503);
-    assert_eq!(got.rpc, Some((-32600, serde_json::json!(0))));
-    assert!(head.headers().get("mcp-session-id").is_none());
+    use tower_mcp_auth::policy::BindRefused;
+    for (refused, status, kind) in [
+        (BindRefused::StoreFull, 503, AuthErrorKind::SessionStoreFull),
+        (BindRefused::OwnerLimit, 429, AuthErrorKind::TooManySessions),
+    ] {
+        let svc = session_stack(&dev, Arc::new(RefusingStore(refused)), &server);
+        let (got, head, _) = send(&svc, request("POST", &alice, None, Some(INITIALIZE))).await;
+        assert_eq!(got.status, status, "{refused:?}");
+        assert_eq!(got.rpc, Some((-32600, serde_json::json!(0))), "{refused:?}");
+        assert_eq!(head.headers()["retry-after"], "30", "{refused:?}");
+        assert_eq!(
+            head.extensions().get::<AuthError>().unwrap().kind(),
+            kind,
+            "{refused:?}"
+        );
+        assert!(
+            head.headers().get("mcp-session-id").is_none(),
+            "{refused:?}"
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------

@@ -64,7 +64,9 @@ pub struct DpopConfig {
     /// Longest proof accepted, in bytes (default 4096).
     pub max_proof_bytes: usize,
     /// Client keys remembered, already checked and parsed, by the exact text of a proof's
-    /// `jwk` (default 4096; 0 turns this off). Every proof's signature is still verified.
+    /// `jwk` (default 4096; 0 turns this off). Every proof's signature is still verified, and
+    /// only keys that verified one are remembered. About 1.2 KB per P-256 key; an entry's text
+    /// is bounded by `max_proof_bytes`.
     pub key_cache_capacity: usize,
 }
 

@@ -182,7 +182,78 @@ pub(crate) fn verify_proof(
 
 #[cfg(test)]
 mod tests {
-    use super::is_dpop_typ;
+    use super::*;
+    use crate::testing::DevDpopKey;
+
+    const HTU: &str = "https://mcp.example.com/mcp";
+    const TOKEN: &str = "an-access-token";
+
+    /// The exact `jwk` text in a proof's header.
+    fn jwk_text(proof: &str) -> String {
+        use base64::Engine as _;
+        let header = proof.split('.').next().unwrap();
+        let header = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(header)
+            .unwrap();
+        #[derive(Deserialize)]
+        struct H<'a> {
+            #[serde(borrow)]
+            jwk: &'a RawValue,
+        }
+        let h: H<'_> = serde_json::from_slice(&header).unwrap();
+        h.jwk.get().to_owned()
+    }
+
+    fn check(proof: &str, keys: &ProofKeyCache) -> Result<VerifiedProof, AuthError> {
+        let ctx = ProofContext {
+            method: "POST",
+            htu: HTU,
+            access_token: TOKEN,
+            now: crate::jose::unix_now(),
+            max_age: 60,
+            max_future: 10,
+            algorithms: [SigningAlgorithm::ES256].into_iter().collect(),
+            max_len: 4096,
+            keys,
+        };
+        verify_proof(proof, &ctx)
+    }
+
+    /// A key is remembered only once it has verified a proof's signature, and a remembered key
+    /// still refuses a signature it did not make.
+    #[test]
+    fn keys_are_remembered_only_after_a_verified_signature() {
+        let keys = ProofKeyCache::new(16);
+        let (key, other) = (DevDpopKey::new(), DevDpopKey::new());
+
+        // A proof carrying `key`'s jwk but another key's signature: refused, not remembered.
+        let forged = {
+            let mine = key.proof("POST", HTU, TOKEN);
+            let theirs = other.proof("POST", HTU, TOKEN);
+            let (input, _) = mine.rsplit_once('.').unwrap();
+            format!("{input}.{}", theirs.rsplit_once('.').unwrap().1)
+        };
+        let jwk = jwk_text(&forged);
+        let err = check(&forged, &keys).unwrap_err();
+        assert_eq!(err.detail(), Some("bad signature"));
+        assert!(keys.get(&jwk, SigningAlgorithm::ES256).is_none());
+
+        // A valid proof: accepted, and its key remembered under its thumbprint.
+        let valid = key.proof("POST", HTU, TOKEN);
+        assert_eq!(jwk_text(&valid), jwk);
+        let verified = check(&valid, &keys).unwrap();
+        assert_eq!(&*verified.jkt, key.jkt());
+        let remembered = keys.get(&jwk, SigningAlgorithm::ES256).expect("remembered");
+        assert_eq!(&*remembered.jkt, key.jkt());
+
+        // The same forgery again, now against the remembered key: still refused.
+        assert_eq!(
+            check(&forged, &keys).unwrap_err().detail(),
+            Some("bad signature")
+        );
+        // And a fresh valid proof still passes through the remembered key.
+        assert!(check(&key.proof("POST", HTU, TOKEN), &keys).is_ok());
+    }
 
     #[test]
     fn typ_is_a_case_insensitive_media_type() {

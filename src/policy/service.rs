@@ -244,9 +244,17 @@ where
     };
 
     // Refuse a new session before the server creates it when its binding could not be kept.
-    if plan.initialize
-        && let Some(store) = &shared.sessions
-        && let Err(refused) = store.has_room(&SessionOwner::of(&principal)).await
+    let new_owner = plan
+        .initialize
+        .then(|| {
+            shared
+                .sessions
+                .as_ref()
+                .map(|_| SessionOwner::of(&principal))
+        })
+        .flatten();
+    if let (Some(store), Some(owner)) = (&shared.sessions, &new_owner)
+        && let Err(refused) = store.has_room(owner).await
     {
         return Ok(shared.reject(bind_refused(refused), plan.initialize_id.as_deref()));
     }
@@ -268,9 +276,8 @@ where
             .headers()
             .get(SESSION_HEADER)
             .and_then(|v| v.to_str().ok())
-        && let Err(refused) = store
-            .bind(SessionKey::of(id), SessionOwner::of(&principal))
-            .await
+        && let Some(owner) = new_owner
+        && let Err(refused) = store.bind(SessionKey::of(id), owner).await
     {
         // Lost a race for the last slot: the session id never reaches the client, so no
         // session exists that the store does not bind.
