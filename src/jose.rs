@@ -11,6 +11,7 @@ use serde::de::{self, Deserializer, IgnoredAny};
 use sha2::{Digest, Sha256};
 
 use crate::error::{AuthError, AuthErrorKind};
+use crate::json_text::has_lone_surrogate_escape;
 
 /// A compact JWS split into its three non-empty segments (not yet decoded).
 pub(crate) struct CompactJws<'t> {
@@ -78,11 +79,17 @@ fn decode(segment: &str) -> Result<Vec<u8>, AuthError> {
 
 /// Parses a JSON object (not an array, which serde would accept for a struct).
 /// A JSON type error maps to `data_error`; anything else is a malformed token.
+///
+/// A lone UTF-16 surrogate escape (`"\ud800"`) is malformed too, even in a member this crate
+/// ignores (see [`crate::json_text`]).
 pub(crate) fn json_object<'de, T: Deserialize<'de>>(
     bytes: &'de [u8],
     data_error: AuthErrorKind,
 ) -> Result<T, AuthError> {
     if bytes.trim_ascii_start().first() != Some(&b'{') {
+        return Err(AuthErrorKind::MalformedToken.into());
+    }
+    if has_lone_surrogate_escape(bytes) {
         return Err(AuthErrorKind::MalformedToken.into());
     }
     serde_json::from_slice(bytes).map_err(|e| match e.classify() {

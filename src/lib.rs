@@ -62,6 +62,7 @@ pub mod dpop;
 pub mod error;
 pub mod http_client;
 mod jose;
+mod json_text;
 pub mod keys;
 pub mod metadata;
 pub mod mtls;

@@ -1312,6 +1312,28 @@ fn rows(k: &Keys) -> Vec<Row<'_>> {
         ),
         bad_proof("bad header"),
     );
+    t.add(
+        "lone surrogate escape in an unknown header member",
+        dpop(
+            &k.raw_token,
+            &k.raw.sign(
+                &format!(r#"{{"typ":"dpop+jwt","alg":"ES256","jwk":{raw_jwk},"x":"\ud800"}}"#),
+                &RawKey::claims(&k.raw_token, ""),
+            ),
+        ),
+        bad_proof("bad header"),
+    );
+    t.add(
+        "lone surrogate escape in an unknown claim",
+        dpop(
+            &k.raw_token,
+            &k.raw.sign(
+                &RawKey::header_with(&raw_jwk),
+                &RawKey::claims(&k.raw_token, r#","note":"\uDC00""#),
+            ),
+        ),
+        bad_proof("bad claims"),
+    );
 
     // Signatures.
     let good = pb().sign();

@@ -1673,6 +1673,90 @@ async fn json_escaped_header_strings_are_decoded() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
+/// A lone UTF-16 surrogate escape has no Unicode reading, and JSON readers disagree on it
+/// (serde skips it in members it ignores, `serde_json::Value` and Python refuse or replace
+/// it), so a signed token holding one anywhere, even in a member nobody reads, is malformed.
+/// Proper pairs and an escaped backslash before `ud800` are ordinary text and pass.
+#[tokio::test]
+async fn lone_surrogate_escapes_are_malformed_wherever_they_are() {
+    let dev = DevIssuer::new(ISSUER);
+    let auth = auth_for(&dev);
+    let kid = dev.kid();
+    let hdr = |extra: &str| format!(r#"{{"alg":"ES256","typ":"at+jwt","kid":"{kid}"{extra}}}"#);
+    let body = |extra: &str| {
+        let plain = Value::Object(claims(&dev)).to_string();
+        format!("{}{extra}}}", &plain[..plain.len() - 1])
+    };
+    let mut t = Table(Vec::new());
+    for (name, header, payload, expect) in [
+        (
+            "lone high surrogate in an unknown header member",
+            hdr(r#","x":"\ud800""#),
+            body(""),
+            invalid_token(K::MalformedToken),
+        ),
+        (
+            "lone low surrogate (upper case) in an unknown header member",
+            hdr(r#","x":"a\uDFFFb""#),
+            body(""),
+            invalid_token(K::MalformedToken),
+        ),
+        (
+            "reversed pair in an unknown header member",
+            hdr(r#","x":"\ude00\ud83d""#),
+            body(""),
+            invalid_token(K::MalformedToken),
+        ),
+        (
+            "lone surrogate as an unknown header member's name",
+            hdr(r#","\udbff":1"#),
+            body(""),
+            invalid_token(K::MalformedToken),
+        ),
+        (
+            "lone surrogate in an unknown claim",
+            hdr(""),
+            body(r#","note":"\ud800""#),
+            invalid_token(K::MalformedToken),
+        ),
+        (
+            "lone surrogate nested in an ignored claim",
+            hdr(""),
+            body(r#","ext":{"deep":["ok","\udc00"]}"#),
+            invalid_token(K::MalformedToken),
+        ),
+        (
+            "surrogate pair in an unknown header member and claim",
+            hdr(r#","x":"\ud83d\ude00""#),
+            body(r#","note":"\uD83D\uDE00""#),
+            Accepted,
+        ),
+        (
+            "escaped backslash before ud800 is plain text",
+            hdr(r#","x":"\\ud800""#),
+            body(r#","note":"\\uDFFF""#),
+            Accepted,
+        ),
+    ] {
+        t.bearer(
+            name,
+            dev.sign_raw(header.as_bytes(), payload.as_bytes()),
+            expect,
+        );
+    }
+    let mut failures = Vec::new();
+    for row in t.0 {
+        let name = row.name.clone();
+        failures.extend(
+            check(&auth, row)
+                .await
+                .into_iter()
+                .map(|p| format!("[{name}] {p}")),
+        );
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
 /// A key source that has nothing and cannot fetch: the one deliberate 5xx.
 #[derive(Debug)]
 struct Down;

@@ -14,6 +14,7 @@ use serde::de::{Deserializer, IgnoredAny};
 use serde_json::value::RawValue;
 
 use crate::error::{AuthError, AuthErrorKind};
+use crate::json_text::has_lone_surrogate_escape;
 
 /// What a JSON-RPC message asks for.
 #[derive(Debug, Clone)]
@@ -183,6 +184,10 @@ pub(crate) fn classify(body: &[u8], max_depth: usize) -> Result<Classified<'_>, 
     }
     let text = std::str::from_utf8(body).map_err(|_| malformed().with_detail("invalid UTF-8"))?;
     check_depth(text.as_bytes(), max_depth)?;
+    // Even in `arguments`, which the inner server and policies read, not this parse.
+    if has_lone_surrogate_escape(body) {
+        return Err(malformed().with_detail("lone surrogate escape"));
+    }
     match text
         .trim_start_matches([' ', '\t', '\n', '\r'])
         .as_bytes()
@@ -440,6 +445,9 @@ mod tests {
             "",
             "{",
             r#"{"jsonrpc":"2.0","id":1,"method":"ping"} trailing"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"a","arguments":{"p":"\ud800"}}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"a"},"x":"\uDC00"}"#,
+            r#"[{"jsonrpc":"2.0","id":1,"method":"ping"},{"jsonrpc":"2.0","id":2,"method":"ping","\udbff":0}]"#,
         ];
         for body in cases {
             assert_eq!(
@@ -494,6 +502,15 @@ mod tests {
                 "{params}"
             );
         }
+    }
+
+    #[test]
+    fn surrogate_pairs_and_escaped_backslashes_are_text() {
+        let body = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"a","arguments":{"p":"\ud83d\ude00 \\ud800"}}}"#;
+        assert!(matches!(
+            one(body),
+            Ok(Operation::CallTool { name, .. }) if name == "a"
+        ));
     }
 
     #[test]

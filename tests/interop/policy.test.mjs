@@ -358,6 +358,8 @@ const CASES = [
   { name: 'an empty batch []', token: 'read', request: { body: '[]' }, expect: unreadable() },
   { name: 'jsonrpc "1.0"', token: 'read', request: { body: { ...msg(45, 'ping'), jsonrpc: '1.0' } }, expect: unreadable() },
   { name: 'tools/call without params', token: 'read', request: { body: msg(46, 'tools/call') }, expect: unreadable() },
+  { name: 'a lone surrogate in arguments (JSON.stringify writes "\\ud800"), even with notes:write', token: 'write', request: { body: call(91, 'add_note', { text: 'x\ud800' }) }, expect: unreadable() },
+  { name: 'an escaped surrogate pair in arguments is text', token: 'write', request: { body: '{"jsonrpc":"2.0","id":92,"method":"tools/call","params":{"name":"add_note","arguments":{"text":"\\ud83d\\ude00"}}}' }, expect: allowed(92) },
   { name: 'trailing garbage after the object', token: 'read', request: { body: `${JSON.stringify(call(47, 'list_notes'))} {}` }, expect: unreadable() },
   { name: 'a 5 MiB body (Content-Length, Expect: 100-continue) → 413 before reading it', token: 'read', request: { body: JSON.stringify(call(48, 'add_note', { text: 'x'.repeat(5 * 1024 * 1024) })), early: { mode: 'expect-continue' } }, expect: { ...unreadable({ status: 413 }), noContinue: true } },
   { name: 'a 5 MiB body (chunked, no Content-Length) → 413 after 4 MiB', token: 'read', request: { body: JSON.stringify(call(48, 'add_note', { text: 'x'.repeat(5 * 1024 * 1024) })), early: { mode: 'chunked', sendBytes: 4 * 1024 * 1024 + 64 * 1024 } }, expect: unreadable({ status: 413 }) },
