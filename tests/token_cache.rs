@@ -265,3 +265,34 @@ async fn the_cache_is_bounded_in_bytes_as_well_as_entries() {
     warm(&auth, "Bearer", &small, || None).await;
     assert!(auth.cache_stats().unwrap().bytes <= 64 * 1024);
 }
+
+#[tokio::test]
+async fn a_hit_settled_in_call_hands_on_the_principal_without_the_token() {
+    let dev = DevIssuer::new("https://as.example.com");
+    let auth = builder(&dev).build().unwrap();
+    let token = dev.token(RESOURCE).subject("alice").sign();
+    warm(&auth, "Bearer", &token, || None).await;
+    let inner = service_fn(|req: Request<Full<Bytes>>| async move {
+        let principal = req.extensions().get::<tower_mcp_auth::Principal>();
+        let seen = format!(
+            "{:?} {:?} {}",
+            principal.map(|p| p.subject().to_owned()),
+            principal.map(|p| p.binding()),
+            req.headers().contains_key("authorization"),
+        );
+        Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from(seen))))
+    });
+    let request = Request::get(RESOURCE)
+        .header("authorization", format!("Bearer {token}"))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let response = auth.layer().layer(inner).oneshot(request).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let body = http_body_util::BodyExt::collect(response.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    assert_eq!(&body[..], b"Some(\"alice\") Some(Bearer) false");
+    let stats = auth.cache_stats().unwrap();
+    assert_eq!((stats.hits, stats.misses), (1, 2));
+}

@@ -301,6 +301,20 @@ impl CachingVerifier {
         }
     }
 
+    /// The verdict of a cached entry for `key`: expiry re-checked, revocation checked.
+    fn cached(&self, key: &[u8; 32]) -> Option<Result<Principal, AuthError>> {
+        let entry = self.cache.get(key)?;
+        // Re-check expiry on every hit: the cache's own eviction is lazy.
+        let exp = entry.principal.expires_at_unix();
+        if crate::jose::unix_now() < exp.saturating_add(self.limits.leeway.as_secs()) {
+            self.hits.fetch_add(1, Ordering::Relaxed);
+            tracing::trace!(target: "tower_mcp_auth::cache", token = entry.principal.token_thumbprint(), "verified-token cache hit");
+            return Some(self.check(entry.principal));
+        }
+        self.cache.invalidate(key);
+        Some(Err(AuthErrorKind::Expired.into()))
+    }
+
     fn check(&self, principal: Principal) -> Result<Principal, AuthError> {
         if let Some(list) = &self.revocation
             && list.is_revoked(&principal)
@@ -321,16 +335,8 @@ impl CachingVerifier {
 impl TokenVerifier for CachingVerifier {
     async fn verify(&self, token: &str) -> Result<Principal, AuthError> {
         let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        if let Some(entry) = self.cache.get(&key) {
-            // Re-check expiry on every hit: the cache's own eviction is lazy.
-            let exp = entry.principal.expires_at_unix();
-            if crate::jose::unix_now() < exp.saturating_add(self.limits.leeway.as_secs()) {
-                self.hits.fetch_add(1, Ordering::Relaxed);
-                tracing::trace!(target: "tower_mcp_auth::cache", token = entry.principal.token_thumbprint(), "verified-token cache hit");
-                return self.check(entry.principal);
-            }
-            self.cache.invalidate(&key);
-            return Err(AuthErrorKind::Expired.into());
+        if let Some(verdict) = self.cached(&key) {
+            return verdict;
         }
         self.misses.fetch_add(1, Ordering::Relaxed);
         let principal = self.inner.verify(token).await?;
@@ -359,6 +365,13 @@ impl TokenVerifier for CachingVerifier {
             );
         }
         self.check(principal)
+    }
+
+    /// A cache hit, settled without the inner verifier; a miss is left to [`Self::verify`]
+    /// (and counted there).
+    fn verify_now(&self, token: &str) -> Option<Result<Principal, AuthError>> {
+        let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        self.cached(&key)
     }
 }
 

@@ -110,13 +110,7 @@ where
                             else {
                                 panic!("ResponseFuture polled after completion");
                             };
-                            if !config.keep_authorization {
-                                request.headers_mut().remove(AUTHORIZATION);
-                            }
-                            if let Some(record) = request.extensions().get::<AuditRecord>() {
-                                record.set_principal(&principal);
-                            }
-                            request.extensions_mut().insert(principal);
+                            admit(&mut request, principal, config);
                             let future = service.call(request);
                             this.state.set(State::Calling { future });
                         }
@@ -141,6 +135,18 @@ where
             }
         }
     }
+}
+
+/// Hands a verified request on: drops the `Authorization` header (unless kept), tells the audit
+/// record who is calling and inserts the [`Principal`].
+pub(super) fn admit<B>(request: &mut Request<B>, principal: Principal, config: &TokenConfig) {
+    if !config.keep_authorization {
+        request.headers_mut().remove(AUTHORIZATION);
+    }
+    if let Some(record) = request.extensions().get::<AuditRecord>() {
+        record.set_principal(&principal);
+    }
+    request.extensions_mut().insert(principal);
 }
 
 impl<S, ReqBody> fmt::Debug for ResponseFuture<S, ReqBody>

@@ -9,7 +9,7 @@ use tower_service::Service;
 
 use super::body::ResponseBody;
 use super::credentials::{self, Credentials, Scheme};
-use super::future::ResponseFuture;
+use super::future::{ResponseFuture, admit};
 use super::layer::TokenConfig;
 use crate::dpop::DpopEvidence;
 use crate::error::{AuthError, AuthErrorKind};
@@ -73,12 +73,12 @@ where
                 Ok(Credentials {
                     scheme: Scheme::Bearer,
                     token,
-                }) => (token.to_owned(), None),
+                }) => (token, None),
                 Ok(Credentials {
                     scheme: Scheme::Dpop,
                     token,
                 }) => match req.extensions().get::<DpopEvidence>() {
-                    Some(evidence) => (token.to_owned(), Some(evidence.clone())),
+                    Some(evidence) => (token, Some(evidence.clone())),
                     // No proof layer verified a proof: fail closed, never fall back to bearer.
                     None => {
                         let error = AuthError::from(AuthErrorKind::DpopNotEnabled).on_dpop();
@@ -90,7 +90,27 @@ where
         let certificate = req
             .extensions()
             .get::<ClientCertificate>()
-            .map(|c| c.thumbprint().to_owned());
+            .map(ClientCertificate::thumbprint);
+        // A verdict at hand (a cache hit) is settled here, with the same binding checks. A DPoP
+        // request always takes the future: its proof's replay record is async I/O.
+        if dpop.is_none()
+            && let Some(verdict) = config.verifier.verify_now(token)
+        {
+            let admitted = verdict.and_then(|principal| {
+                let (binding, key) = bind(&principal, None, certificate, config.dpop_required)?;
+                Ok(principal.bound(binding, key))
+            });
+            return match admitted {
+                Ok(principal) => {
+                    let mut req = req;
+                    admit(&mut req, principal, config);
+                    ResponseFuture::called(self.inner.call(req))
+                }
+                Err(error) => ResponseFuture::rejected(config.reject(error)),
+            };
+        }
+        let token = token.to_owned();
+        let certificate = certificate.map(str::to_owned);
         let verifier = config.verifier.clone();
         let dpop_required = config.dpop_required;
         let verify = Box::pin(async move {
