@@ -218,6 +218,19 @@ pub(crate) fn classify(body: &[u8], max_depth: usize) -> Result<Classified<'_>, 
 
 /// Refuses JSON nested deeper than `max` (before serde sees it).
 fn check_depth(bytes: &[u8], max: usize) -> Result<(), AuthError> {
+    // Nesting never exceeds the number of `{` and `[` bytes. Counting them is one branch-free
+    // (SIMD) pass; the structure is walked only when the count leaves room for doubt.
+    let openers = bytes
+        .iter()
+        .fold(0usize, |n, &b| n + usize::from((b == b'{') | (b == b'[')));
+    if openers <= max || within_depth(bytes, max) {
+        return Ok(());
+    }
+    Err(malformed().with_detail("nested too deeply"))
+}
+
+/// Whether `bytes` nest no deeper than `max`, outside strings.
+fn within_depth(bytes: &[u8], max: usize) -> bool {
     let mut depth = 0usize;
     let mut in_string = false;
     let mut escaped = false;
@@ -236,18 +249,26 @@ fn check_depth(bytes: &[u8], max: usize) -> Result<(), AuthError> {
             b'{' | b'[' => {
                 depth += 1;
                 if depth > max {
-                    return Err(malformed().with_detail("nested too deeply"));
+                    return false;
                 }
             }
             b'}' | b']' => depth = depth.saturating_sub(1),
             _ => {}
         }
     }
-    Ok(())
+    true
 }
 
 fn raw<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
     <&RawValue>::deserialize(d).map(Some)
+}
+
+/// An optional string, borrowed from the body unless it has escapes. (serde borrows a bare
+/// `Cow<str>` field but copies one inside an `Option`.)
+fn text<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Cow<'de, str>>, D::Error> {
+    #[derive(Deserialize)]
+    struct Text<'a>(#[serde(borrow)] Cow<'a, str>);
+    Option::<Text<'de>>::deserialize(d).map(|text| text.map(|Text(text)| text))
 }
 
 fn present<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
@@ -261,7 +282,7 @@ struct Envelope<'a> {
     jsonrpc: Cow<'a, str>,
     #[serde(default, borrow, deserialize_with = "raw")]
     id: Option<&'a RawValue>,
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "text")]
     method: Option<Cow<'a, str>>,
     #[serde(default, borrow, deserialize_with = "raw")]
     params: Option<&'a RawValue>,
@@ -281,7 +302,7 @@ struct NamedParams<'a> {
 
 #[derive(Deserialize)]
 struct InitializeParams<'a> {
-    #[serde(default, rename = "protocolVersion", borrow)]
+    #[serde(default, rename = "protocolVersion", borrow, deserialize_with = "text")]
     protocol_version: Option<Cow<'a, str>>,
 }
 
@@ -301,9 +322,9 @@ struct CompleteParams<'a> {
 struct RefParams<'a> {
     #[serde(rename = "type", borrow)]
     kind: Cow<'a, str>,
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "text")]
     name: Option<Cow<'a, str>>,
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "text")]
     uri: Option<Cow<'a, str>>,
 }
 
@@ -511,6 +532,60 @@ mod tests {
             one(body),
             Ok(Operation::CallTool { name, .. }) if name == "a"
         ));
+    }
+
+    proptest::proptest! {
+        /// The opener count shortcut never changes the verdict of the exact walk.
+        #[test]
+        fn depth_shortcut_agrees_with_the_walk(
+            bytes in proptest::collection::vec(proptest::sample::select(b"{}[]\"\\a".to_vec()), 0..40),
+            max in 0usize..8,
+        ) {
+            proptest::prop_assert_eq!(check_depth(&bytes, max).is_ok(), within_depth(&bytes, max));
+        }
+    }
+
+    #[test]
+    fn unescaped_strings_are_borrowed_and_escaped_ones_decoded() {
+        let body = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"a"}}"#;
+        let c = classify(body.as_bytes(), 8).unwrap();
+        assert!(matches!(
+            c.messages[0].operation,
+            Operation::CallTool {
+                name: Cow::Borrowed("a"),
+                ..
+            }
+        ));
+        let init = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25"}}"#;
+        let c = classify(init.as_bytes(), 8).unwrap();
+        assert!(matches!(
+            c.messages[0].operation,
+            Operation::Initialize {
+                protocol_version: Some(Cow::Borrowed("2025-11-25"))
+            }
+        ));
+        let escaped = r#"{"jsonrpc":"2.0","method":"notifications\/x","params":{}}"#;
+        let c = classify(escaped.as_bytes(), 8).unwrap();
+        assert!(matches!(
+            &c.messages[0].operation,
+            Operation::Notification { method: Cow::Owned(m) } if m == "notifications/x"
+        ));
+        // `null` stays "absent", as before.
+        let null = r#"{"jsonrpc":"2.0","id":1,"method":null,"result":{}}"#;
+        let c = classify(null.as_bytes(), 8).unwrap();
+        assert!(matches!(c.messages[0].operation, Operation::Response));
+        let num = r#"{"jsonrpc":"2.0","id":1,"method":7}"#;
+        assert!(classify(num.as_bytes(), 8).is_err());
+    }
+
+    #[test]
+    fn depth_is_exact_at_the_bound() {
+        let nested = |n: usize| format!("{}{}", "[".repeat(n), "]".repeat(n));
+        assert!(check_depth(nested(4).as_bytes(), 4).is_ok());
+        assert!(check_depth(nested(5).as_bytes(), 4).is_err());
+        // More openers than the bound, but side by side: walked, and accepted.
+        assert!(check_depth(b"[[],[],[],[],[]]", 2).is_ok());
+        assert!(check_depth(b"[[],[],[[[]]],[]]", 3).is_err());
     }
 
     #[test]

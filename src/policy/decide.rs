@@ -4,6 +4,8 @@
 use std::borrow::Cow;
 use std::collections::BTreeSet;
 use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -172,10 +174,20 @@ where
     }
 }
 
-#[async_trait]
+// Written out (not `#[async_trait]`) to hand back the inner policy's future instead of boxing
+// it a second time.
 impl Policy for Arc<dyn Policy> {
-    async fn decide(&self, request: &PolicyRequest<'_>) -> Decision {
-        (**self).decide(request).await
+    fn decide<'life0, 'life1, 'life2, 'async_trait>(
+        &'life0 self,
+        request: &'life1 PolicyRequest<'life2>,
+    ) -> Pin<Box<dyn Future<Output = Decision> + Send + 'async_trait>>
+    where
+        'life0: 'async_trait,
+        'life1: 'async_trait,
+        'life2: 'async_trait,
+        Self: 'async_trait,
+    {
+        (**self).decide(request)
     }
 }
 

@@ -48,48 +48,59 @@ pub(crate) fn extract<'a>(
     if value.len() > max_len {
         return Err(AuthErrorKind::MalformedAuthorization.into());
     }
-    let value = value
-        .to_str()
-        .map_err(|_| AuthError::new(AuthErrorKind::MalformedAuthorization))?;
-    let (scheme, rest) = value.split_once(' ').unwrap_or((value, ""));
-    let scheme = if scheme.eq_ignore_ascii_case("bearer") {
+    // Bytes, not `to_str`: a supported scheme, spaces and a token68 are all visible ASCII, so
+    // the value is checked exactly once.
+    let bytes = value.as_bytes();
+    let (scheme, rest) = match bytes.iter().position(|&b| b == b' ') {
+        Some(space) => (&bytes[..space], &bytes[space + 1..]),
+        None => (bytes, &b""[..]),
+    };
+    let scheme = if scheme.eq_ignore_ascii_case(b"bearer") {
         Scheme::Bearer
-    } else if scheme.eq_ignore_ascii_case("dpop") {
+    } else if scheme.eq_ignore_ascii_case(b"dpop") {
         Scheme::Dpop
-    } else {
+    } else if value.to_str().is_ok() {
         // An unsupported scheme counts as no credentials (RFC 6750 §3.1).
         return Err(AuthErrorKind::MissingCredentials.into());
+    } else {
+        return Err(AuthErrorKind::MalformedAuthorization.into());
     };
-    let token = rest.trim_start_matches(' ');
+    let start = rest.iter().position(|&b| b != b' ').unwrap_or(rest.len());
+    let token = &rest[start..];
     if !is_token68(token) {
         return Err(AuthErrorKind::MalformedAuthorization.into());
     }
+    // Token68 is ASCII, so this cannot fail; refuse rather than assume.
+    let token = std::str::from_utf8(token)
+        .map_err(|_| AuthError::new(AuthErrorKind::MalformedAuthorization))?;
     Ok(Credentials { scheme, token })
 }
 
 /// RFC 7235 token68: `1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="`.
-fn is_token68(s: &str) -> bool {
-    let body = s.trim_end_matches('=');
-    // Every byte is checked (no early exit), a table lookup each: tokens are hundreds of bytes
-    // and almost always valid.
-    !body.is_empty()
-        && body
-            .bytes()
-            .fold(true, |ok, b| ok & TOKEN68[usize::from(b)])
+fn is_token68(s: &[u8]) -> bool {
+    let end = s
+        .iter()
+        .rposition(|&b| b != b'=')
+        .map_or(0, |last| last + 1);
+    let body = &s[..end];
+    // Every byte is checked (no early exit) with branch-free compares, which the compiler turns
+    // into SIMD: tokens are hundreds of bytes and almost always valid.
+    !body.is_empty() && body.iter().fold(true, |ok, &b| ok & is_token68_char(b))
 }
 
-/// The token68 characters before the trailing `=`s.
-static TOKEN68: [bool; 256] = {
-    let mut table = [false; 256];
-    let mut b = 0;
-    while b < 256 {
-        let c = b as u8;
-        table[b] =
-            c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~' | b'+' | b'/');
-        b += 1;
-    }
-    table
-};
+/// A token68 character other than the trailing `=`.
+#[inline]
+fn is_token68_char(b: u8) -> bool {
+    // `| 0x20` lowercases ASCII letters and maps no other byte into `a..=z`.
+    ((b | 0x20).wrapping_sub(b'a') < 26)
+        | (b.wrapping_sub(b'0') < 10)
+        | (b == b'-')
+        | (b == b'.')
+        | (b == b'_')
+        | (b == b'~')
+        | (b == b'+')
+        | (b == b'/')
+}
 
 fn is_form(content_type: &[u8]) -> bool {
     const FORM: &[u8] = b"application/x-www-form-urlencoded";
@@ -144,6 +155,9 @@ mod tests {
             (&[b"Bearer abc "], "/mcp", Err(MalformedAuthorization)),
             (&[b"Bearer ab\xffc"], "/mcp", Err(MalformedAuthorization)),
             (&[b"Bearer\tabc"], "/mcp", Err(MissingCredentials)),
+            // Not visible ASCII anywhere: malformed, whatever the scheme.
+            (&[b"Basic ab\xffc"], "/mcp", Err(MalformedAuthorization)),
+            (&[b"Bear\xe9r abc"], "/mcp", Err(MalformedAuthorization)),
             (
                 &[b"Bearer a", b"Bearer b"],
                 "/mcp",
@@ -166,16 +180,24 @@ mod tests {
     fn token68_alphabet_is_exact() {
         for b in 0..=255u8 {
             let expected = b.is_ascii_alphanumeric() || b"-._~+/".contains(&b);
-            let token = format!("ab{}cd", char::from(b));
             assert_eq!(
-                is_token68(&token),
-                expected && b.is_ascii(),
-                "byte {b:#04x}"
+                is_token68(&[b'a', b'b', b, b'c', b'd']),
+                expected,
+                "{b:#04x}"
             );
+            assert_eq!(is_token68(&[b]), expected, "alone {b:#04x}");
+            // Past the SIMD chunk width too, in every position.
+            for at in [0, 31, 32, 63, 64, 99] {
+                let mut long = vec![b'x'; 100];
+                long[at] = b;
+                let padding = at == 99 && b == b'=';
+                assert_eq!(is_token68(&long), expected || padding, "{b:#04x} at {at}");
+            }
         }
-        assert!(is_token68("abc=="));
-        assert!(!is_token68("=="));
-        assert!(!is_token68("a=b"));
+        assert!(is_token68(b"abc=="));
+        assert!(!is_token68(b"=="));
+        assert!(!is_token68(b""));
+        assert!(!is_token68(b"a=b"));
     }
 
     #[test]
