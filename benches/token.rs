@@ -61,12 +61,11 @@ use tower_mcp_auth::policy::{Decision, PolicyConfig, PolicyRequest, ToolScopes};
 use tower_mcp_auth::testing::{DevDpopKey, DevIssuer};
 use tower_mcp_auth::{McpAuth, SigningAlgorithm};
 
-const RESOURCE: &str = "https://mcp.example.com/mcp";
-const ISSUER: &str = "https://auth.example.com";
-const CALL_WHOAMI: &[u8] =
-    br#"{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"whoami","arguments":{}}}"#;
-const RESULT: &[u8] =
-    br#"{"jsonrpc":"2.0","id":2,"result":{"content":[{"type":"text","text":"dev-user"}]}}"#;
+mod common;
+use common::{
+    Body, CALL_WHOAMI, ISSUER, RESOURCE, RESULT, fixture, install_jsonwebtoken_provider,
+    ok_handler, post,
+};
 
 /// The claims `jsonwebtoken` deserializes, roughly what `Principal` keeps (and, for the EdDSA and
 /// RS256 tokens, what it signs).
@@ -88,28 +87,6 @@ fn runtime() -> tokio::runtime::Runtime {
         .enable_all()
         .build()
         .expect("runtime")
-}
-
-/// jsonwebtoken picks its process-wide provider from its features; with both backends enabled
-/// (`--all-features`) it cannot, so install the one this crate uses.
-fn install_jsonwebtoken_provider() {
-    #[cfg(feature = "aws-lc-rs")]
-    let _ = jsonwebtoken::crypto::aws_lc::DEFAULT_PROVIDER.install_default();
-    #[cfg(all(feature = "rust-crypto", not(feature = "aws-lc-rs")))]
-    let _ = jsonwebtoken::crypto::rust_crypto::DEFAULT_PROVIDER.install_default();
-}
-
-fn fixture() -> (DevIssuer, McpAuth, String) {
-    let dev = DevIssuer::new(ISSUER);
-    let auth = McpAuth::builder()
-        .resource(RESOURCE)
-        .issuer(dev.issuer_config())
-        .scopes_supported(["notes:read"])
-        .policy(ToolScopes::new().tool("whoami", ["notes:read"]))
-        .build()
-        .expect("config");
-    let token = dev.token(RESOURCE).scope("notes:read").sign();
-    (dev, auth, token)
 }
 
 fn es256(c: &mut Criterion) {
@@ -150,8 +127,6 @@ fn es256(c: &mut Criterion) {
     });
     group.finish();
 }
-
-type Body = Full<Bytes>;
 
 fn request(authorization: Option<&str>) -> Request<Body> {
     let mut builder = Request::post("/mcp")
@@ -402,30 +377,6 @@ fn unix_now() -> u64 {
         .duration_since(UNIX_EPOCH)
         .expect("clock after 1970")
         .as_secs()
-}
-
-/// A successful JSON-RPC result, as an MCP server would answer a tool call.
-async fn ok_handler(_req: Request<Body>) -> Result<Response<Body>, Infallible> {
-    let mut response = Response::new(Full::new(Bytes::from_static(RESULT)));
-    response.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static("application/json"),
-    );
-    Ok(response)
-}
-
-/// A `POST /mcp` with `body`, an optional `Authorization` and an optional `DPoP` proof.
-fn post(body: Bytes, authorization: &str, dpop: Option<&str>) -> Request<Body> {
-    let mut builder = Request::post("/mcp")
-        .header(http::header::HOST, "mcp.example.com")
-        .header(http::header::CONTENT_TYPE, "application/json")
-        .header(http::header::ACCEPT, "application/json, text/event-stream")
-        .header("mcp-protocol-version", "2025-11-25")
-        .header(http::header::AUTHORIZATION, authorization);
-    if let Some(proof) = dpop {
-        builder = builder.header("dpop", proof);
-    }
-    builder.body(Full::new(body)).expect("request")
 }
 
 /// One request through `svc`, driven to its response (the body is not read).

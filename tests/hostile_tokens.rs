@@ -281,6 +281,17 @@ impl Table {
             expect,
         });
     }
+
+    /// Sends every row through `auth` and fails with every mismatch, each named by its row.
+    async fn assert_all(self, auth: &McpAuth) {
+        let mut failures = Vec::new();
+        for row in self.0 {
+            let name = row.name.clone();
+            let problems = check(auth, row).await;
+            failures.extend(problems.into_iter().map(|p| format!("[{name}] {p}")));
+        }
+        assert!(failures.is_empty(), "{}", failures.join("\n"));
+    }
 }
 
 /// A standard, valid claim set from `dev`.
@@ -1591,17 +1602,7 @@ async fn hs256_key_confusion_refused_with_default_algorithms() {
         }
     }
     t.bearer("control", dev.token(RESOURCE).sign(), Accepted);
-    let mut failures = Vec::new();
-    for row in t.0 {
-        let name = row.name.clone();
-        failures.extend(
-            check(&auth, row)
-                .await
-                .into_iter()
-                .map(|p| format!("[{name}] {p}")),
-        );
-    }
-    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    t.assert_all(&auth).await;
 }
 
 /// RFC 8259 lets any string be written with escapes (`\/`, `\uXXXX`), and RFC 7515 §4 makes the
@@ -1660,17 +1661,7 @@ async fn json_escaped_header_strings_are_decoded() {
             expect,
         );
     }
-    let mut failures = Vec::new();
-    for row in t.0 {
-        let name = row.name.clone();
-        failures.extend(
-            check(&auth, row)
-                .await
-                .into_iter()
-                .map(|p| format!("[{name}] {p}")),
-        );
-    }
-    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    t.assert_all(&auth).await;
 }
 
 /// A lone UTF-16 surrogate escape has no Unicode reading, and JSON readers disagree on it
@@ -1744,17 +1735,7 @@ async fn lone_surrogate_escapes_are_malformed_wherever_they_are() {
             expect,
         );
     }
-    let mut failures = Vec::new();
-    for row in t.0 {
-        let name = row.name.clone();
-        failures.extend(
-            check(&auth, row)
-                .await
-                .into_iter()
-                .map(|p| format!("[{name}] {p}")),
-        );
-    }
-    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    t.assert_all(&auth).await;
 }
 
 /// A key source that has nothing and cannot fetch: the one deliberate 5xx.
@@ -2135,15 +2116,5 @@ async fn no_kid_with_several_keys_is_refused() {
             .sign(),
         invalid_token(K::AlgorithmNotAllowed),
     );
-    let mut failures = Vec::new();
-    for row in t.0 {
-        let name = row.name.clone();
-        failures.extend(
-            check(&auth, row)
-                .await
-                .into_iter()
-                .map(|p| format!("[{name}] {p}")),
-        );
-    }
-    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    t.assert_all(&auth).await;
 }
