@@ -266,8 +266,10 @@ async fn the_cache_is_bounded_in_bytes_as_well_as_entries() {
     assert!(auth.cache_stats().unwrap().bytes <= 64 * 1024);
 }
 
+/// What a hit hands on: the principal, its binding, and no `Authorization` header. (Whether the
+/// hit was settled inside `call` or in the future is not observable through the whole stack.)
 #[tokio::test]
-async fn a_hit_settled_in_call_hands_on_the_principal_without_the_token() {
+async fn a_cache_hit_hands_on_the_principal_without_the_token() {
     let dev = DevIssuer::new("https://as.example.com");
     let auth = builder(&dev).build().unwrap();
     let token = dev.token(RESOURCE).subject("alice").sign();
