@@ -169,6 +169,18 @@ impl DpopEvidence {
         self.jkt.clone()
     }
 
+    /// Evidence as a proof layer would attach it, for the token layer's unit tests.
+    #[cfg(test)]
+    pub(crate) fn for_tests(jkt: &str, jti: &str, store: Arc<dyn ReplayStore>) -> Self {
+        Self {
+            jkt: Arc::from(jkt),
+            replay: ReplayKey::new(jkt, jti),
+            ttl: Duration::from_secs(60),
+            store,
+            nonce: None,
+        }
+    }
+
     /// Records the proof's use; a second use of the same (key, `jti`) is a replay.
     pub(crate) async fn record_use(&self) -> Result<(), AuthError> {
         let with_nonce = |e: AuthError| match &self.nonce {

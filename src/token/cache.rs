@@ -334,7 +334,7 @@ impl CachingVerifier {
 #[async_trait]
 impl TokenVerifier for CachingVerifier {
     async fn verify(&self, token: &str) -> Result<Principal, AuthError> {
-        let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let key = cache_key(token);
         if let Some(verdict) = self.cached(&key) {
             return verdict;
         }
@@ -370,9 +370,15 @@ impl TokenVerifier for CachingVerifier {
     /// A cache hit, settled without the inner verifier; a miss is left to [`Self::verify`]
     /// (and counted there).
     fn verify_now(&self, token: &str) -> Option<Result<Principal, AuthError>> {
-        let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        self.cached(&key)
+        self.cached(&cache_key(token))
     }
+}
+
+/// The entry key of a token: SHA-256 of it, so the cache never holds the token itself. A miss
+/// in the token layer hashes twice (`verify_now`, then `verify`), about 0.3 µs beside a
+/// signature check of 25-65 µs; keeping the trait free of cache keys is worth that.
+fn cache_key(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
 }
 
 impl fmt::Debug for CachingVerifier {

@@ -479,13 +479,63 @@ impl RoutingVerifier {
 }
 
 fn looks_like_jwt(token: &str) -> bool {
-    let Some(jws) = crate::jose::CompactJws::split(token) else {
-        return false;
-    };
-    jws.header()
-        .ok()
-        .and_then(|h| serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(&h).ok())
-        .is_some_and(|h| h.contains_key("alg"))
+    crate::jose::CompactJws::split(token)
+        .and_then(|jws| jws.header().ok())
+        .is_some_and(|header| names_alg(&header))
+}
+
+/// Whether `header` is exactly one JSON object with an `alg` member. Keys are compared as they
+/// stream past and values are skipped, so nothing is built (the same verdict as parsing into a
+/// `Map`, which the tests check).
+fn names_alg(header: &[u8]) -> bool {
+    use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
+
+    /// A member name: whether it is `alg` (escaped or not).
+    struct IsAlg(bool);
+
+    impl<'de> Deserialize<'de> for IsAlg {
+        fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+            struct Name;
+            impl Visitor<'_> for Name {
+                type Value = IsAlg;
+                fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                    f.write_str("a member name")
+                }
+                fn visit_str<E>(self, name: &str) -> Result<IsAlg, E> {
+                    Ok(IsAlg(name == "alg"))
+                }
+            }
+            deserializer.deserialize_str(Name)
+        }
+    }
+
+    /// A JSON object: whether any member is named `alg`.
+    struct HasAlg(bool);
+
+    impl<'de> Deserialize<'de> for HasAlg {
+        fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+            struct Object;
+            impl<'de> Visitor<'de> for Object {
+                type Value = HasAlg;
+                fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                    f.write_str("a JSON object")
+                }
+                fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<HasAlg, A::Error> {
+                    let mut alg = false;
+                    while let Some(IsAlg(is_alg)) = map.next_key()? {
+                        alg |= is_alg;
+                        map.next_value::<IgnoredAny>()?;
+                    }
+                    Ok(HasAlg(alg))
+                }
+            }
+            deserializer.deserialize_map(Object)
+        }
+    }
+
+    // UTF-8 first: skipped values are not checked for it, and a `Map` parse would refuse them.
+    std::str::from_utf8(header)
+        .is_ok_and(|header| serde_json::from_str::<HasAlg>(header).is_ok_and(|HasAlg(alg)| alg))
 }
 
 #[async_trait]
@@ -495,6 +545,120 @@ impl TokenVerifier for RoutingVerifier {
             self.jwt.verify(token).await
         } else {
             self.opaque.verify(token).await
+        }
+    }
+
+    /// Routed as [`verify`](Self::verify) is, so a cached verdict on either side is at hand.
+    fn verify_now(&self, token: &str) -> Option<Result<Principal, AuthError>> {
+        if looks_like_jwt(token) {
+            self.jwt.verify_now(token)
+        } else {
+            self.opaque.verify_now(token)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// The definition `names_alg` replaces: parse into a `Map`, look for `alg`.
+    fn names_alg_by_map(header: &[u8]) -> bool {
+        serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(header)
+            .is_ok_and(|h| h.contains_key("alg"))
+    }
+
+    #[test]
+    fn names_alg_table() {
+        for (header, expected) in [
+            (r#"{"alg":"ES256","typ":"at+jwt"}"#, true),
+            (r#"{"typ":"at+jwt","alg":null}"#, true),
+            (r#" { "alg" : {"nested": [1, 2]} } "#, true),
+            (r#"{"al\u0067":"ES256"}"#, true),
+            (r#"{"alg":"a","alg":"b"}"#, true),
+            (r#"{"typ":"at+jwt"}"#, false),
+            (r#"{"x":{"alg":"ES256"}}"#, false),
+            (r#"{"ALG":"ES256"}"#, false),
+            (r#"{"alg ":"ES256"}"#, false),
+            ("{}", false),
+            (r#"["alg"]"#, false),
+            (r#""alg""#, false),
+            (r#"{"alg":"ES256"} {}"#, false),
+            (r#"{"alg":"ES256""#, false),
+            (r#"{"alg":"ES256",}"#, false),
+            (r#"{"alg":01}"#, false),
+            ("", false),
+        ] {
+            assert_eq!(names_alg(header.as_bytes()), expected, "{header}");
+            assert_eq!(
+                names_alg_by_map(header.as_bytes()),
+                expected,
+                "{header} (by map)"
+            );
+        }
+        assert!(
+            !names_alg(b"{\"alg\":\"\xff\"}"),
+            "invalid UTF-8 is not JSON"
+        );
+    }
+
+    #[test]
+    fn routes_by_shape() {
+        let header = URL_SAFE_NO_PAD.encode(r#"{"alg":"ES256"}"#);
+        assert!(looks_like_jwt(&format!("{header}.e30.c2ln")));
+        assert!(!looks_like_jwt(&format!("{header}.e30")));
+        assert!(!looks_like_jwt("2YotnFZFEjr1zCsicMWpAA"));
+        let no_alg = URL_SAFE_NO_PAD.encode(r#"{"typ":"JWT"}"#);
+        assert!(!looks_like_jwt(&format!("{no_alg}.e30.c2ln")));
+    }
+
+    /// Says which side it is through the error kind of its verdicts.
+    #[derive(Debug)]
+    struct Side(AuthErrorKind);
+
+    #[async_trait]
+    impl TokenVerifier for Side {
+        async fn verify(&self, _token: &str) -> Result<Principal, AuthError> {
+            Err(self.0.into())
+        }
+
+        fn verify_now(&self, _token: &str) -> Option<Result<Principal, AuthError>> {
+            Some(Err(self.0.into()))
+        }
+    }
+
+    #[tokio::test]
+    async fn verdicts_at_hand_are_routed_as_verify_routes() {
+        let jwt = Arc::new(Side(AuthErrorKind::Revoked));
+        let opaque = Arc::new(Side(AuthErrorKind::Expired));
+        let router = RoutingVerifier::new(jwt, opaque);
+        let header = URL_SAFE_NO_PAD.encode(r#"{"alg":"ES256"}"#);
+        for (token, side) in [
+            (format!("{header}.e30.c2ln"), AuthErrorKind::Revoked),
+            ("2YotnFZFEjr1zCsicMWpAA".to_owned(), AuthErrorKind::Expired),
+            (format!("{header}.e30"), AuthErrorKind::Expired),
+        ] {
+            let now = router.verify_now(&token).map(|v| v.unwrap_err().kind());
+            assert_eq!(now, Some(side), "{token}: verify_now");
+            let later = router.verify(&token).await.unwrap_err().kind();
+            assert_eq!(later, side, "{token}: verify");
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn names_alg_agrees_with_a_map_parse(
+            keys in prop::collection::vec("(alg|typ|kid|al|a\\\\u006cg|x)", 0..4),
+            junk in "[ {}\\[\\],:\"a-z0-9]{0,12}",
+        ) {
+            let members: Vec<String> = keys.iter().map(|k| format!("\"{k}\":1")).collect();
+            let object = format!("{{{}}}", members.join(","));
+            for header in [object.clone(), junk.clone(), format!("{object}{junk}")] {
+                let by_map = names_alg_by_map(header.as_bytes());
+                prop_assert_eq!(names_alg(header.as_bytes()), by_map, "{}", header);
+            }
         }
     }
 }

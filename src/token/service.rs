@@ -175,3 +175,308 @@ impl<S: fmt::Debug> fmt::Debug for Token<S> {
             .finish_non_exhaustive()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! Where a verdict is settled: a verdict at hand (`verify_now`) is settled inside `call`,
+    //! with the same binding checks as the future; everything else goes through `verify`.
+
+    use std::convert::Infallible;
+    use std::future::{Ready, ready};
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use async_trait::async_trait;
+    use http::StatusCode;
+    use http::header::{AUTHORIZATION, WWW_AUTHENTICATE};
+    use tower_layer::Layer;
+
+    use super::*;
+    use crate::dpop::InMemoryReplayStore;
+    use crate::error::ChallengeConfig;
+    use crate::principal::{Confirmation, PrincipalParts};
+    use crate::token::{TokenLayer, TokenVerifier};
+
+    const CERT: &[u8] = b"a client certificate, DER in real life";
+    const JKT: &str = "0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I";
+
+    /// What `verify_now` answers.
+    #[derive(Debug, Clone, Copy)]
+    enum Now {
+        /// Nothing at hand: the layer must call `verify`.
+        Absent,
+        /// A hit: the principal `verify` would return.
+        Hit,
+        /// A refusal at hand (an expired or revoked entry).
+        Refused(AuthErrorKind),
+    }
+
+    /// Serves `now` from `verify_now` and an admitted principal from `verify`, counting both.
+    #[derive(Debug)]
+    struct Stub {
+        now: Now,
+        cnf: Option<Confirmation>,
+        now_calls: AtomicUsize,
+        verify_calls: AtomicUsize,
+    }
+
+    impl Stub {
+        fn principal(&self) -> Principal {
+            Principal::new(PrincipalParts {
+                issuer: "https://as.example".into(),
+                subject: "agent-1".into(),
+                client_id: None,
+                audience: vec!["https://mcp.example/mcp".into()],
+                scopes: Default::default(),
+                delegation: Vec::new(),
+                expires_at: u64::MAX,
+                issued_at: None,
+                jti: None,
+                token_thumbprint: "thumbprint".into(),
+                binding: Binding::Bearer,
+                confirmation: self.cnf.clone(),
+                claims: serde_json::value::RawValue::from_string("{}".into()).unwrap(),
+            })
+        }
+    }
+
+    #[async_trait]
+    impl TokenVerifier for Stub {
+        async fn verify(&self, _token: &str) -> Result<Principal, AuthError> {
+            self.verify_calls.fetch_add(1, Ordering::Relaxed);
+            Ok(self.principal())
+        }
+
+        fn verify_now(&self, _token: &str) -> Option<Result<Principal, AuthError>> {
+            self.now_calls.fetch_add(1, Ordering::Relaxed);
+            match self.now {
+                Now::Absent => None,
+                Now::Hit => Some(Ok(self.principal())),
+                Now::Refused(kind) => Some(Err(kind.into())),
+            }
+        }
+    }
+
+    /// Records, at `call` time, the binding of each principal it is handed.
+    #[derive(Clone, Default)]
+    struct Inner {
+        calls: Arc<Mutex<Vec<Option<Binding>>>>,
+    }
+
+    impl Service<Request<()>> for Inner {
+        type Response = Response<()>;
+        type Error = Infallible;
+        type Future = Ready<Result<Response<()>, Infallible>>;
+
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, req: Request<()>) -> Self::Future {
+            let binding = req.extensions().get::<Principal>().map(Principal::binding);
+            self.calls.lock().unwrap().push(binding);
+            ready(Ok(Response::new(())))
+        }
+    }
+
+    #[derive(Debug, Clone, Copy)]
+    enum Expect {
+        /// The inner service was called inside `call`; `verify` never ran.
+        SettledInCall(Binding),
+        /// The inner service was called only once the future ran `verify` (once).
+        SettledInFuture(Binding),
+        /// Refused with this kind (401 `invalid_token`), inner service never called.
+        Refused(AuthErrorKind),
+    }
+
+    struct Row {
+        name: &'static str,
+        scheme: &'static str,
+        /// The key thumbprint of a proof a DPoP layer verified.
+        evidence: Option<&'static str>,
+        certificate: Option<&'static [u8]>,
+        cnf_jkt: Option<&'static str>,
+        cnf_x5t: Option<&'static [u8]>,
+        require_dpop: bool,
+        now: Now,
+        /// Whether the layer may ask `verify_now` at all.
+        asks_now: bool,
+        expect: Expect,
+    }
+
+    const fn row(name: &'static str, now: Now, expect: Expect) -> Row {
+        Row {
+            name,
+            scheme: "Bearer",
+            evidence: None,
+            certificate: None,
+            cnf_jkt: None,
+            cnf_x5t: None,
+            require_dpop: false,
+            now,
+            asks_now: true,
+            expect,
+        }
+    }
+
+    fn rows() -> Vec<Row> {
+        use AuthErrorKind::*;
+        use Expect::*;
+        vec![
+            row("a hit", Now::Hit, SettledInCall(Binding::Bearer)),
+            row("an expired entry", Now::Refused(Expired), Refused(Expired)),
+            row("a revoked entry", Now::Refused(Revoked), Refused(Revoked)),
+            row(
+                "nothing at hand",
+                Now::Absent,
+                SettledInFuture(Binding::Bearer),
+            ),
+            Row {
+                certificate: Some(CERT),
+                cnf_x5t: Some(CERT),
+                ..row(
+                    "an mTLS-bound hit with its certificate",
+                    Now::Hit,
+                    SettledInCall(Binding::Mtls),
+                )
+            },
+            Row {
+                cnf_x5t: Some(CERT),
+                ..row(
+                    "an mTLS-bound hit without a certificate",
+                    Now::Hit,
+                    Refused(CertificateMismatch),
+                )
+            },
+            Row {
+                certificate: Some(b"another certificate"),
+                cnf_x5t: Some(CERT),
+                ..row(
+                    "an mTLS-bound hit with another certificate",
+                    Now::Hit,
+                    Refused(CertificateMismatch),
+                )
+            },
+            Row {
+                cnf_jkt: Some(JKT),
+                ..row(
+                    "a DPoP-bound hit sent as Bearer",
+                    Now::Hit,
+                    Refused(MissingProofOfPossession),
+                )
+            },
+            Row {
+                require_dpop: true,
+                ..row(
+                    "an unbound hit where DPoP is required",
+                    Now::Hit,
+                    Refused(DpopRequired),
+                )
+            },
+            Row {
+                scheme: "DPoP",
+                cnf_jkt: Some(JKT),
+                asks_now: false,
+                ..row(
+                    "the DPoP scheme with no verified proof",
+                    Now::Hit,
+                    Refused(DpopNotEnabled),
+                )
+            },
+            Row {
+                scheme: "DPoP",
+                evidence: Some(JKT),
+                cnf_jkt: Some(JKT),
+                asks_now: false,
+                ..row(
+                    "a DPoP request (its replay record is async)",
+                    Now::Hit,
+                    SettledInFuture(Binding::Dpop),
+                )
+            },
+        ]
+    }
+
+    fn thumbprint(der: &'static [u8]) -> String {
+        ClientCertificate::from_der(der).thumbprint().to_owned()
+    }
+
+    #[tokio::test]
+    async fn a_verdict_at_hand_is_settled_in_call_with_the_same_checks() {
+        for row in rows() {
+            let name = row.name;
+            let cnf = (row.cnf_jkt.is_some() || row.cnf_x5t.is_some()).then(|| Confirmation {
+                jkt: row.cnf_jkt.map(str::to_owned),
+                x5t_s256: row.cnf_x5t.map(thumbprint),
+            });
+            let stub = Arc::new(Stub {
+                now: row.now,
+                cnf,
+                now_calls: AtomicUsize::new(0),
+                verify_calls: AtomicUsize::new(0),
+            });
+            let challenge = ChallengeConfig::new(
+                "https://mcp.example/.well-known/oauth-protected-resource/mcp",
+            );
+            let layer = TokenLayer::new(stub.clone(), challenge).require_dpop(row.require_dpop);
+            let inner = Inner::default();
+            let mut service = layer.layer(inner.clone());
+
+            let mut req = Request::builder()
+                .header(
+                    AUTHORIZATION,
+                    format!("{} eyJhbGciOiJFUzI1NiJ9.e30.c2ln", row.scheme),
+                )
+                .body(())
+                .unwrap();
+            if let Some(der) = row.certificate {
+                req.extensions_mut()
+                    .insert(ClientCertificate::from_der(der));
+            }
+            if let Some(jkt) = row.evidence {
+                let store = Arc::new(InMemoryReplayStore::new(16));
+                req.extensions_mut()
+                    .insert(DpopEvidence::for_tests(jkt, "jti-1", store));
+            }
+
+            let future = service.call(req);
+            let in_call = inner.calls.lock().unwrap().clone();
+            let response = future.await.unwrap();
+            let after = inner.calls.lock().unwrap().clone();
+            let asked = stub.now_calls.load(Ordering::Relaxed);
+            let verified = stub.verify_calls.load(Ordering::Relaxed);
+
+            assert_eq!(asked, usize::from(row.asks_now), "{name}: verify_now calls");
+            match row.expect {
+                Expect::SettledInCall(binding) => {
+                    assert_eq!(in_call, [Some(binding)], "{name}: inner called inside call");
+                    assert_eq!(after, [Some(binding)], "{name}: inner called once");
+                    assert_eq!(verified, 0, "{name}: verify must not run");
+                    assert_eq!(response.status(), StatusCode::OK, "{name}");
+                }
+                Expect::SettledInFuture(binding) => {
+                    assert_eq!(in_call, [], "{name}: inner must wait for verify");
+                    assert_eq!(
+                        after,
+                        [Some(binding)],
+                        "{name}: inner called once, after verify"
+                    );
+                    assert_eq!(verified, 1, "{name}: verify runs once");
+                    assert_eq!(response.status(), StatusCode::OK, "{name}");
+                }
+                Expect::Refused(kind) => {
+                    assert_eq!(after, [], "{name}: inner must not be called");
+                    assert_eq!(verified, 0, "{name}: refused without verify");
+                    assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "{name}");
+                    let error = response.extensions().get::<AuthError>();
+                    assert_eq!(error.map(AuthError::kind), Some(kind), "{name}");
+                    let challenge = response.headers()[WWW_AUTHENTICATE].to_str().unwrap();
+                    assert!(
+                        challenge.contains(r#"error="invalid_token""#),
+                        "{name}: {challenge}"
+                    );
+                }
+            }
+        }
+    }
+}
