@@ -10,7 +10,7 @@ use std::task::{Context, Poll};
 use base64::Engine as _;
 use bytes::Bytes;
 use http::header::{ALLOW, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE};
-use http::{HeaderMap, Method, Request, Response};
+use http::{HeaderMap, HeaderName, Method, Request, Response};
 use http_body::Body;
 use http_body_util::{BodyExt, Full, Limited};
 use serde_json::value::RawValue;
@@ -30,7 +30,11 @@ use crate::principal::Principal;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-const SESSION_HEADER: &str = "mcp-session-id";
+const SESSION_HEADER: HeaderName = HeaderName::from_static("mcp-session-id");
+/// `Mcp-Method` and `Mcp-Name` (protocol 2026-07-28). Named once: a `&str` name is re-parsed on
+/// every lookup.
+const MCP_METHOD: HeaderName = HeaderName::from_static("mcp-method");
+const MCP_NAME: HeaderName = HeaderName::from_static("mcp-name");
 
 /// The methods the MCP endpoint accepts (the `Allow` of a 405).
 const ALLOWED_METHODS: &str = "GET, POST, DELETE, OPTIONS";
@@ -274,7 +278,7 @@ where
         && let Some(store) = &shared.sessions
         && let Some(id) = response
             .headers()
-            .get(SESSION_HEADER)
+            .get(&SESSION_HEADER)
             .and_then(|v| v.to_str().ok())
         && let Some(owner) = new_owner
         && let Err(refused) = store.bind(SessionKey::of(id), owner).await
@@ -472,7 +476,7 @@ where
 
 /// The `Mcp-Session-Id`, if exactly one is sent.
 fn session_key(headers: &HeaderMap) -> Result<Option<SessionKey>, AuthError> {
-    let mut values = headers.get_all(SESSION_HEADER).iter();
+    let mut values = headers.get_all(&SESSION_HEADER).iter();
     match (values.next(), values.next()) {
         (None, _) => Ok(None),
         (Some(v), None) => {
@@ -485,9 +489,9 @@ fn session_key(headers: &HeaderMap) -> Result<Option<SessionKey>, AuthError> {
 }
 
 /// A mirrored header value: plain visible ASCII, or the `=?base64?…?=` sentinel (SEP-2243).
-fn header_text(headers: &HeaderMap, name: &str) -> Result<Option<String>, AuthError> {
+fn header_text(headers: &HeaderMap, name: HeaderName) -> Result<Option<String>, AuthError> {
     let mismatch = || AuthError::new(AuthErrorKind::HeaderMismatch);
-    let mut values = headers.get_all(name).iter();
+    let mut values = headers.get_all(&name).iter();
     let value = match (values.next(), values.next()) {
         (None, _) => return Ok(None),
         (Some(v), None) => v.to_str().map_err(|_| mismatch())?,
@@ -510,8 +514,8 @@ fn check_mirrored_headers(
     headers: &HeaderMap,
     classified: &Classified<'_>,
 ) -> Result<(), AuthError> {
-    let method = header_text(headers, "mcp-method")?;
-    let name = header_text(headers, "mcp-name")?;
+    let method = header_text(headers, MCP_METHOD)?;
+    let name = header_text(headers, MCP_NAME)?;
     if method.is_none() && name.is_none() {
         return Ok(());
     }

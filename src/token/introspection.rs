@@ -27,10 +27,10 @@ use http::header::{AUTHORIZATION, HeaderValue};
 use serde::Deserialize;
 use url::Url;
 
-use super::{RequiredClaims, TokenVerifier};
+use super::{HashedToken, RequiredClaims, TokenVerifier};
 use crate::error::{AuthError, AuthErrorKind};
 use crate::http_client::HttpClient;
-use crate::jose::{numeric_date, string, thumbprint};
+use crate::jose::{numeric_date, string};
 use crate::principal::{Binding, Confirmation, Principal, PrincipalParts};
 
 /// Signs a client assertion: receives the `header.payload` signing input, returns the signature.
@@ -334,6 +334,11 @@ impl IntrospectionVerifier {
 #[async_trait]
 impl TokenVerifier for IntrospectionVerifier {
     async fn verify(&self, token: &str) -> Result<Principal, AuthError> {
+        self.verify_hashed(&HashedToken::new(token)).await
+    }
+
+    async fn verify_hashed(&self, hashed: &HashedToken<'_>) -> Result<Principal, AuthError> {
+        let token = hashed.as_str();
         let r = self.introspect(token).await?;
         // Only the JSON boolean `true` means active (RFC 7662 §2.2).
         if r.active != serde_json::Value::Bool(true) {
@@ -437,7 +442,7 @@ impl TokenVerifier for IntrospectionVerifier {
             expires_at: exp,
             issued_at: r.iat,
             jti: r.jti,
-            token_thumbprint: thumbprint(token),
+            token_thumbprint: hashed.thumbprint(),
             binding: Binding::Bearer,
             confirmation,
             claims: raw,
@@ -548,9 +553,17 @@ impl TokenVerifier for RoutingVerifier {
         }
     }
 
+    async fn verify_hashed(&self, token: &HashedToken<'_>) -> Result<Principal, AuthError> {
+        if looks_like_jwt(token.as_str()) {
+            self.jwt.verify_hashed(token).await
+        } else {
+            self.opaque.verify_hashed(token).await
+        }
+    }
+
     /// Routed as [`verify`](Self::verify) is, so a cached verdict on either side is at hand.
-    fn verify_now(&self, token: &str) -> Option<Result<Principal, AuthError>> {
-        if looks_like_jwt(token) {
+    fn verify_now(&self, token: &HashedToken<'_>) -> Option<Result<Principal, AuthError>> {
+        if looks_like_jwt(token.as_str()) {
             self.jwt.verify_now(token)
         } else {
             self.opaque.verify_now(token)
@@ -624,7 +637,7 @@ mod tests {
             Err(self.0.into())
         }
 
-        fn verify_now(&self, _token: &str) -> Option<Result<Principal, AuthError>> {
+        fn verify_now(&self, _token: &HashedToken<'_>) -> Option<Result<Principal, AuthError>> {
             Some(Err(self.0.into()))
         }
     }
@@ -640,7 +653,9 @@ mod tests {
             ("2YotnFZFEjr1zCsicMWpAA".to_owned(), AuthErrorKind::Expired),
             (format!("{header}.e30"), AuthErrorKind::Expired),
         ] {
-            let now = router.verify_now(&token).map(|v| v.unwrap_err().kind());
+            let now = router
+                .verify_now(&HashedToken::new(&token))
+                .map(|v| v.unwrap_err().kind());
             assert_eq!(now, Some(side), "{token}: verify_now");
             let later = router.verify(&token).await.unwrap_err().kind();
             assert_eq!(later, side, "{token}: verify");

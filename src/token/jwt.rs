@@ -16,9 +16,9 @@ use async_trait::async_trait;
 use serde::Deserialize;
 use serde::de::{self, Deserializer};
 
-use super::TokenVerifier;
+use super::{HashedToken, TokenVerifier};
 use crate::error::{AuthError, AuthErrorKind};
-use crate::jose::{CompactJws, json_object, numeric_date, present, string, thumbprint};
+use crate::jose::{CompactJws, json_object, numeric_date, present, string};
 use crate::keys::{
     AlgorithmSet, KeyLookupError, KeySet, KeySource, MAX_KID_LEN, RefreshReason, SigningAlgorithm,
 };
@@ -228,6 +228,11 @@ impl JwtVerifier {
 
     /// Verifies `token`, returning the caller on success.
     pub async fn verify_token(&self, token: &str) -> Result<Principal, AuthError> {
+        self.verify_hashed_token(&HashedToken::new(token)).await
+    }
+
+    async fn verify_hashed_token(&self, hashed: &HashedToken<'_>) -> Result<Principal, AuthError> {
+        let token = hashed.as_str();
         let inner = &*self.inner;
         let parsed = parse(token, inner)?;
         let issuer = parsed
@@ -259,7 +264,7 @@ impl JwtVerifier {
             return Err(AuthErrorKind::InvalidSignature.into());
         }
         let required = trusted.required.unwrap_or(inner.required);
-        validate_claims(parsed.claims, &parsed.payload, token, inner, required)
+        validate_claims(parsed.claims, &parsed.payload, hashed, inner, required)
     }
 }
 
@@ -267,6 +272,10 @@ impl JwtVerifier {
 impl TokenVerifier for JwtVerifier {
     async fn verify(&self, token: &str) -> Result<Principal, AuthError> {
         self.verify_token(token).await
+    }
+
+    async fn verify_hashed(&self, token: &HashedToken<'_>) -> Result<Principal, AuthError> {
+        self.verify_hashed_token(token).await
     }
 }
 
@@ -487,7 +496,7 @@ fn strings<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<String>>, D::Er
 fn validate_claims(
     claims: Claims,
     payload: &[u8],
-    token: &str,
+    token: &HashedToken<'_>,
     inner: &Inner,
     required: RequiredClaims,
 ) -> Result<Principal, AuthError> {
@@ -579,7 +588,7 @@ fn validate_claims(
         expires_at: exp,
         issued_at: claims.iat,
         jti: claims.jti,
-        token_thumbprint: thumbprint(token),
+        token_thumbprint: token.thumbprint(),
         binding: Binding::Bearer,
         confirmation: claims.cnf,
         claims: raw,
@@ -589,6 +598,7 @@ fn validate_claims(
 #[cfg(all(test, feature = "testing"))]
 mod tests {
     use super::*;
+    use crate::jose::thumbprint;
     use crate::keys::StaticKeys;
     use crate::testing::DevIssuer;
 

@@ -7,6 +7,7 @@ use std::task::{Context, Poll};
 use http::{Method, Request, Response};
 use tower_service::Service;
 
+use super::HashedToken;
 use super::body::ResponseBody;
 use super::credentials::{self, Credentials, Scheme};
 use super::future::{ResponseFuture, admit};
@@ -93,8 +94,10 @@ where
             .map(ClientCertificate::thumbprint);
         // A verdict at hand (a cache hit) is settled here, with the same binding checks. A DPoP
         // request always takes the future: its proof's replay record is async I/O.
+        // Hashed once: the cache key and the principal's thumbprint are both this digest.
+        let hashed = HashedToken::new(token);
         if dpop.is_none()
-            && let Some(verdict) = config.verifier.verify_now(token)
+            && let Some(verdict) = config.verifier.verify_now(&hashed)
         {
             let admitted = verdict.and_then(|principal| {
                 let (binding, key) = bind(&principal, None, certificate, config.dpop_required)?;
@@ -110,12 +113,14 @@ where
             };
         }
         let token = token.to_owned();
+        let sha256 = *hashed.sha256();
         let certificate = certificate.map(str::to_owned);
         let verifier = config.verifier.clone();
         let dpop_required = config.dpop_required;
         let verify = Box::pin(async move {
             let on_scheme = |e: AuthError| if dpop.is_some() { e.on_dpop() } else { e };
-            let principal = verifier.verify(&token).await.map_err(on_scheme)?;
+            let hashed = HashedToken::rehydrate(&token, sha256);
+            let principal = verifier.verify_hashed(&hashed).await.map_err(on_scheme)?;
             let (binding, key) = bind(
                 &principal,
                 dpop.as_ref(),
@@ -189,6 +194,7 @@ mod tests {
     use async_trait::async_trait;
     use http::StatusCode;
     use http::header::{AUTHORIZATION, WWW_AUTHENTICATE};
+    use sha2::Digest as _;
     use tower_layer::Layer;
 
     use super::*;
@@ -199,6 +205,7 @@ mod tests {
 
     const CERT: &[u8] = b"a client certificate, DER in real life";
     const JKT: &str = "0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I";
+    const TOKEN: &str = "eyJhbGciOiJFUzI1NiJ9.e30.c2ln";
 
     /// What `verify_now` answers.
     #[derive(Debug, Clone, Copy)]
@@ -211,13 +218,15 @@ mod tests {
         Refused(AuthErrorKind),
     }
 
-    /// Serves `now` from `verify_now` and an admitted principal from `verify`, counting both.
+    /// Serves `now` from `verify_now` and an admitted principal from `verify_hashed`, counting
+    /// the calls and keeping the digests it was handed.
     #[derive(Debug)]
     struct Stub {
         now: Now,
         cnf: Option<Confirmation>,
         now_calls: AtomicUsize,
         verify_calls: AtomicUsize,
+        digests: Mutex<Vec<[u8; 32]>>,
     }
 
     impl Stub {
@@ -243,12 +252,18 @@ mod tests {
     #[async_trait]
     impl TokenVerifier for Stub {
         async fn verify(&self, _token: &str) -> Result<Principal, AuthError> {
+            unreachable!("the token layer hands on the digest: verify_hashed")
+        }
+
+        async fn verify_hashed(&self, token: &HashedToken<'_>) -> Result<Principal, AuthError> {
             self.verify_calls.fetch_add(1, Ordering::Relaxed);
+            self.digests.lock().unwrap().push(*token.sha256());
             Ok(self.principal())
         }
 
-        fn verify_now(&self, _token: &str) -> Option<Result<Principal, AuthError>> {
+        fn verify_now(&self, token: &HashedToken<'_>) -> Option<Result<Principal, AuthError>> {
             self.now_calls.fetch_add(1, Ordering::Relaxed);
+            self.digests.lock().unwrap().push(*token.sha256());
             match self.now {
                 Now::Absent => None,
                 Now::Hit => Some(Ok(self.principal())),
@@ -414,6 +429,7 @@ mod tests {
                 cnf,
                 now_calls: AtomicUsize::new(0),
                 verify_calls: AtomicUsize::new(0),
+                digests: Mutex::default(),
             });
             let challenge = ChallengeConfig::new(
                 "https://mcp.example/.well-known/oauth-protected-resource/mcp",
@@ -423,10 +439,7 @@ mod tests {
             let mut service = layer.layer(inner.clone());
 
             let mut req = Request::builder()
-                .header(
-                    AUTHORIZATION,
-                    format!("{} eyJhbGciOiJFUzI1NiJ9.e30.c2ln", row.scheme),
-                )
+                .header(AUTHORIZATION, format!("{} {TOKEN}", row.scheme))
                 .body(())
                 .unwrap();
             if let Some(der) = row.certificate {
@@ -447,6 +460,17 @@ mod tests {
             let verified = stub.verify_calls.load(Ordering::Relaxed);
 
             assert_eq!(asked, usize::from(row.asks_now), "{name}: verify_now calls");
+            let digest: [u8; 32] = sha2::Sha256::digest(TOKEN.as_bytes()).into();
+            let digests = stub.digests.lock().unwrap().clone();
+            assert!(
+                digests.iter().all(|d| *d == digest),
+                "{name}: the token's own digest"
+            );
+            assert_eq!(
+                digests.len(),
+                asked + verified,
+                "{name}: every call got the digest"
+            );
             match row.expect {
                 Expect::SettledInCall(binding) => {
                     assert_eq!(in_call, [Some(binding)], "{name}: inner called inside call");
