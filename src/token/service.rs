@@ -92,10 +92,10 @@ where
             .extensions()
             .get::<ClientCertificate>()
             .map(ClientCertificate::thumbprint);
-        // A verdict at hand (a cache hit) is settled here, with the same binding checks. A DPoP
-        // request always takes the future: its proof's replay record is async I/O.
         // Hashed once: the cache key and the principal's thumbprint are both this digest.
         let hashed = HashedToken::new(token);
+        // A verdict at hand (a cache hit) is settled here, with the same binding checks. A DPoP
+        // request always takes the future: its proof's replay record is async I/O.
         if dpop.is_none()
             && let Some(verdict) = config.verifier.verify_now(&hashed)
         {
@@ -184,7 +184,7 @@ impl<S: fmt::Debug> fmt::Debug for Token<S> {
 #[cfg(test)]
 mod tests {
     //! Where a verdict is settled: a verdict at hand (`verify_now`) is settled inside `call`,
-    //! with the same binding checks as the future; everything else goes through `verify`.
+    //! with the same binding checks as the future; everything else goes through `verify_hashed`.
 
     use std::convert::Infallible;
     use std::future::{Ready, ready};
