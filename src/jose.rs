@@ -159,7 +159,12 @@ pub(crate) fn numeric_date<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64
 
 /// base64url(SHA-256(token)): the token's correlation id, and the DPoP `ath`.
 pub fn thumbprint(token: &str) -> String {
-    URL_SAFE_NO_PAD.encode(Sha256::digest(token.as_bytes()))
+    thumbprint_of_digest(&Sha256::digest(token.as_bytes()).into())
+}
+
+/// The [`thumbprint`] of a value whose SHA-256 is `digest`.
+pub(crate) fn thumbprint_of_digest(digest: &[u8; 32]) -> String {
+    URL_SAFE_NO_PAD.encode(digest)
 }
 
 /// Seconds since the Unix epoch on the system clock (0 before 1970).

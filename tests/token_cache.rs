@@ -267,7 +267,8 @@ async fn the_cache_is_bounded_in_bytes_as_well_as_entries() {
 }
 
 /// What a hit hands on: the principal, its binding, and no `Authorization` header. (Whether the
-/// hit was settled inside `call` or in the future is not observable through the whole stack.)
+/// hit was settled inside `call` or in the future is not observable through the whole stack;
+/// the unit table in `src/token/service.rs` pins that.)
 #[tokio::test]
 async fn a_cache_hit_hands_on_the_principal_without_the_token() {
     let dev = DevIssuer::new("https://as.example.com");

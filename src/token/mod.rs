@@ -21,8 +21,6 @@ mod service;
 use std::fmt;
 
 use async_trait::async_trait;
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use sha2::{Digest, Sha256};
 
 pub use crate::jose::thumbprint;
@@ -86,7 +84,7 @@ impl<'a> HashedToken<'a> {
 
     /// base64url(SHA-256(token)), as [`thumbprint`] computes it.
     pub fn thumbprint(&self) -> String {
-        URL_SAFE_NO_PAD.encode(self.sha256)
+        crate::jose::thumbprint_of_digest(&self.sha256)
     }
 }
 

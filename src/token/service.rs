@@ -206,6 +206,7 @@ mod tests {
     const CERT: &[u8] = b"a client certificate, DER in real life";
     const JKT: &str = "0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I";
     const TOKEN: &str = "eyJhbGciOiJFUzI1NiJ9.e30.c2ln";
+    const METADATA: &str = "https://mcp.example/.well-known/oauth-protected-resource/mcp";
 
     /// What `verify_now` answers.
     #[derive(Debug, Clone, Copy)]
@@ -300,7 +301,8 @@ mod tests {
         SettledInCall(Binding),
         /// The inner service was called only once the future ran `verify` (once).
         SettledInFuture(Binding),
-        /// Refused with this kind (401 `invalid_token`), inner service never called.
+        /// Refused with this kind (401, a Bearer `invalid_token` challenge with the kind's
+        /// description), inner service never called.
         Refused(AuthErrorKind),
     }
 
@@ -431,9 +433,7 @@ mod tests {
                 verify_calls: AtomicUsize::new(0),
                 digests: Mutex::default(),
             });
-            let challenge = ChallengeConfig::new(
-                "https://mcp.example/.well-known/oauth-protected-resource/mcp",
-            );
+            let challenge = ChallengeConfig::new(METADATA);
             let layer = TokenLayer::new(stub.clone(), challenge).require_dpop(row.require_dpop);
             let inner = Inner::default();
             let mut service = layer.layer(inner.clone());
@@ -446,10 +446,10 @@ mod tests {
                 req.extensions_mut()
                     .insert(ClientCertificate::from_der(der));
             }
+            let store = Arc::new(InMemoryReplayStore::new(16));
             if let Some(jkt) = row.evidence {
-                let store = Arc::new(InMemoryReplayStore::new(16));
                 req.extensions_mut()
-                    .insert(DpopEvidence::for_tests(jkt, "jti-1", store));
+                    .insert(DpopEvidence::for_tests(jkt, "jti-1", store.clone()));
             }
 
             let future = service.call(req);
@@ -458,6 +458,9 @@ mod tests {
             let after = inner.calls.lock().unwrap().clone();
             let asked = stub.now_calls.load(Ordering::Relaxed);
             let verified = stub.verify_calls.load(Ordering::Relaxed);
+            // A proof is used up exactly when a DPoP request is admitted.
+            let used = usize::from(row.evidence.is_some() && response.status() == StatusCode::OK);
+            assert_eq!(store.len(), used, "{name}: proofs recorded");
 
             assert_eq!(asked, usize::from(row.asks_now), "{name}: verify_now calls");
             let digest: [u8; 32] = sha2::Sha256::digest(TOKEN.as_bytes()).into();
@@ -495,10 +498,11 @@ mod tests {
                     let error = response.extensions().get::<AuthError>();
                     assert_eq!(error.map(AuthError::kind), Some(kind), "{name}");
                     let challenge = response.headers()[WWW_AUTHENTICATE].to_str().unwrap();
-                    assert!(
-                        challenge.contains(r#"error="invalid_token""#),
-                        "{name}: {challenge}"
+                    let expected = format!(
+                        r#"Bearer error="invalid_token", error_description="{}", resource_metadata="{METADATA}""#,
+                        kind.description()
                     );
+                    assert_eq!(challenge, expected, "{name}");
                 }
             }
         }
