@@ -12,7 +12,7 @@
 //! ```no_run
 //! use tower_mcp_auth::{IssuerConfig, McpAuth, SigningAlgorithm};
 //!
-//! # fn wrap<S>(mcp_service: S) -> Result<(), tower_mcp_auth::ConfigError> {
+//! # fn wrap<S: Clone>(mcp_service: S) -> Result<(), tower_mcp_auth::ConfigError> {
 //! let auth = McpAuth::builder()
 //!     .resource("https://mcp.example.com/mcp")
 //!     .issuer(

@@ -10,7 +10,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
-use tower::{Layer, ServiceExt, service_fn};
+use tower::{Layer, Service, ServiceExt, service_fn};
 use tower_mcp_auth::error::ChallengeConfig;
 use tower_mcp_auth::policy::{
     BatchMode, Decision, DenialStyle, InMemorySessionStore, McpPolicyLayer, Policy, PolicyConfig,
@@ -1382,4 +1382,236 @@ async fn policies_see_the_initialize_protocol_version() {
     let (got, _, _) = seen(response).await;
     assert_eq!(got, refused(400, serde_json::Value::Null, None));
     assert!(versions.lock().unwrap().is_empty());
+}
+
+/// Counts its clones and whether every called instance was polled ready first.
+#[derive(Default)]
+struct CloneCounts {
+    clones: AtomicUsize,
+    calls: AtomicUsize,
+    unpolled_calls: AtomicUsize,
+}
+
+struct CountingService {
+    counts: Arc<CloneCounts>,
+    polled: bool,
+}
+
+impl Clone for CountingService {
+    fn clone(&self) -> Self {
+        self.counts.clones.fetch_add(1, Ordering::SeqCst);
+        Self {
+            counts: Arc::clone(&self.counts),
+            polled: false,
+        }
+    }
+}
+
+impl Service<Request<Full<Bytes>>> for CountingService {
+    type Response = Response<Full<Bytes>>;
+    type Error = std::convert::Infallible;
+    type Future = std::future::Ready<Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.polled = true;
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: Request<Full<Bytes>>) -> Self::Future {
+        self.counts.calls.fetch_add(1, Ordering::SeqCst);
+        if !std::mem::take(&mut self.polled) {
+            self.counts.unpolled_calls.fetch_add(1, Ordering::SeqCst);
+        }
+        std::future::ready(Ok(Response::new(Full::new(Bytes::from_static(
+            b"{\"jsonrpc\":\"2.0\",\"id\":\"req-1\",\"result\":{}}",
+        )))))
+    }
+}
+
+#[tokio::test]
+async fn the_policy_layer_reuses_called_services_and_drops_refused_ones() {
+    let dev = DevIssuer::new("https://as.example.com");
+    let auth = McpAuth::builder()
+        .resource(RESOURCE)
+        .issuer(dev.issuer_config())
+        .policy(|r: &PolicyRequest<'_>| {
+            if r.target() == Some("refused") {
+                Decision::deny("test")
+            } else {
+                Decision::Allow
+            }
+        })
+        .build()
+        .unwrap();
+    let token = dev.token(RESOURCE).sign();
+    let counts = Arc::new(CloneCounts::default());
+    let stack = || {
+        auth.layer().layer(CountingService {
+            counts: Arc::clone(&counts),
+            polled: false,
+        })
+    };
+    let snapshot = |counts: &CloneCounts| {
+        (
+            counts.clones.swap(0, Ordering::SeqCst),
+            counts.calls.swap(0, Ordering::SeqCst),
+            counts.unpolled_calls.swap(0, Ordering::SeqCst),
+        )
+    };
+    let send = |service: _, tool: &str| {
+        let request = post(Some(&token), call(tool));
+        async move {
+            let response: Response<_> = ServiceExt::oneshot(service, request).await.unwrap();
+            response.status()
+        }
+    };
+
+    // A clone of the stack per request, each called once (as axum serves). Only the first
+    // request clones the inner service: each call hands its service back to the pool once the
+    // request is in, and the next `poll_ready` takes it. The first token is not cached yet, so
+    // the token layer also clones the stack below it to verify asynchronously; that clone is
+    // never polled and clones nothing.
+    let prototype = stack();
+    snapshot(&counts);
+    for _ in 0..3 {
+        assert_eq!(send(prototype.clone(), "x").await, StatusCode::OK);
+    }
+    assert_eq!(
+        snapshot(&counts),
+        (1, 3, 0),
+        "(clones, calls, unpolled calls)"
+    );
+
+    // One value called again and again (as a buffer's worker does): the pooled service each
+    // time, polled before each use.
+    let mut service = prototype.clone();
+    for _ in 0..3 {
+        let response = service
+            .ready()
+            .await
+            .unwrap()
+            .call(post(Some(&token), call("x")))
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+    assert_eq!(
+        snapshot(&counts),
+        (0, 3, 0),
+        "(clones, calls, unpolled calls)"
+    );
+
+    // A caller that skips `poll_ready` (a contract violation) gets the pooled service unpolled,
+    // as a clone-and-call middleware would call its unpolled clone; nothing panics.
+    let response = service.call(post(Some(&token), call("x"))).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        snapshot(&counts),
+        (0, 1, 1),
+        "(clones, calls, unpolled calls)"
+    );
+
+    // A refused request's service was polled but never called: it is dropped, not pooled (its
+    // readiness may hold a permit), so the next request clones a new one.
+    let prototype = stack();
+    snapshot(&counts);
+    assert_eq!(send(prototype.clone(), "x").await, StatusCode::OK);
+    assert_eq!(
+        send(prototype.clone(), "refused").await,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(send(prototype.clone(), "x").await, StatusCode::OK);
+    assert_eq!(
+        snapshot(&counts),
+        (2, 2, 0),
+        "(clones, calls, unpolled calls)"
+    );
+
+    // A spent value still unwraps.
+    let inner = service.into_inner().into_inner();
+    assert!(Arc::ptr_eq(&inner.counts, &counts));
+}
+
+/// A policy that answers `decide_now` or only `decide`, and counts both.
+struct CountingPolicy {
+    answers_now: bool,
+    decide_calls: Arc<AtomicUsize>,
+    now_calls: Arc<AtomicUsize>,
+}
+
+#[async_trait::async_trait]
+impl Policy for CountingPolicy {
+    async fn decide(&self, request: &PolicyRequest<'_>) -> Decision {
+        self.decide_calls.fetch_add(1, Ordering::SeqCst);
+        verdict(request)
+    }
+
+    fn decide_now(&self, request: &PolicyRequest<'_>) -> Option<Decision> {
+        self.now_calls.fetch_add(1, Ordering::SeqCst);
+        self.answers_now.then(|| verdict(request))
+    }
+}
+
+fn verdict(request: &PolicyRequest<'_>) -> Decision {
+    match request.target() {
+        Some("refused") => Decision::deny("test"),
+        Some("scoped") => Decision::needs_scopes(["notes:write"]),
+        _ => Decision::Allow,
+    }
+}
+
+#[tokio::test]
+async fn each_message_gets_decide_now_or_decide_never_both() {
+    let dev = DevIssuer::new("https://as.example.com");
+    let token = dev.token(RESOURCE).sign();
+    // (answers now, tool, expected status, decide calls, decide_now calls)
+    let cases = [
+        (true, "x", StatusCode::OK, 0, 1),
+        (true, "refused", StatusCode::FORBIDDEN, 0, 1),
+        (true, "scoped", StatusCode::FORBIDDEN, 0, 1),
+        (false, "x", StatusCode::OK, 1, 1),
+        (false, "refused", StatusCode::FORBIDDEN, 1, 1),
+        (false, "scoped", StatusCode::FORBIDDEN, 1, 1),
+    ];
+    for (answers_now, tool, status, decides, nows) in cases {
+        let decide_calls = Arc::new(AtomicUsize::new(0));
+        let now_calls = Arc::new(AtomicUsize::new(0));
+        let auth = McpAuth::builder()
+            .resource(RESOURCE)
+            .issuer(dev.issuer_config())
+            .policy(CountingPolicy {
+                answers_now,
+                decide_calls: Arc::clone(&decide_calls),
+                now_calls: Arc::clone(&now_calls),
+            })
+            .build()
+            .unwrap();
+        let response = auth
+            .layer()
+            .layer(inner())
+            .oneshot(post(Some(&token), call(tool)))
+            .await
+            .unwrap();
+        let case = format!("answers now {answers_now}, {tool}");
+        assert_eq!(response.status(), status, "{case}");
+        let error = response
+            .extensions()
+            .get::<AuthError>()
+            .map(AuthError::kind);
+        let expected = match tool {
+            "refused" => Some(AuthErrorKind::AccessDenied),
+            "scoped" => Some(AuthErrorKind::InsufficientScope),
+            _ => None,
+        };
+        assert_eq!(error, expected, "{case}");
+        assert_eq!(
+            decide_calls.load(Ordering::SeqCst),
+            decides,
+            "{case}: decide"
+        );
+        assert_eq!(now_calls.load(Ordering::SeqCst), nows, "{case}: decide_now");
+    }
 }

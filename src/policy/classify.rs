@@ -169,8 +169,25 @@ pub(crate) struct Message<'a> {
 /// A classified body.
 #[derive(Debug)]
 pub(crate) struct Classified<'a> {
-    pub(crate) messages: Vec<Message<'a>>,
+    messages: Messages<'a>,
     pub(crate) batch: bool,
+}
+
+/// One message is held inline: the usual body is one request, and needs no `Vec`.
+#[derive(Debug)]
+enum Messages<'a> {
+    One(Message<'a>),
+    Batch(Vec<Message<'a>>),
+}
+
+impl<'a> Classified<'a> {
+    /// The messages, in body order.
+    pub(crate) fn messages(&self) -> &[Message<'a>] {
+        match &self.messages {
+            Messages::One(message) => std::slice::from_ref(message),
+            Messages::Batch(messages) => messages,
+        }
+    }
 }
 
 fn malformed() -> AuthError {
@@ -194,7 +211,7 @@ pub(crate) fn classify(body: &[u8], max_depth: usize) -> Result<Classified<'_>, 
         .first()
     {
         Some(b'{') => Ok(Classified {
-            messages: vec![message(text)?],
+            messages: Messages::One(message(text)?),
             batch: false,
         }),
         Some(b'[') => {
@@ -208,7 +225,7 @@ pub(crate) fn classify(body: &[u8], max_depth: usize) -> Result<Classified<'_>, 
                 .map(|raw| message(raw.get()))
                 .collect::<Result<_, _>>()?;
             Ok(Classified {
-                messages,
+                messages: Messages::Batch(messages),
                 batch: true,
             })
         }
@@ -418,7 +435,10 @@ mod tests {
 
     fn one(body: &str) -> Result<Operation<'_>, AuthErrorKind> {
         classify(body.as_bytes(), 64)
-            .map(|mut c| c.messages.remove(0).operation)
+            .map(|c| match c.messages {
+                Messages::One(message) => message.operation,
+                Messages::Batch(mut messages) => messages.remove(0).operation,
+            })
             .map_err(|e| e.kind())
     }
 
@@ -550,7 +570,7 @@ mod tests {
         let body = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"a"}}"#;
         let c = classify(body.as_bytes(), 8).unwrap();
         assert!(matches!(
-            c.messages[0].operation,
+            c.messages()[0].operation,
             Operation::CallTool {
                 name: Cow::Borrowed("a"),
                 ..
@@ -559,7 +579,7 @@ mod tests {
         let init = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25"}}"#;
         let c = classify(init.as_bytes(), 8).unwrap();
         assert!(matches!(
-            c.messages[0].operation,
+            c.messages()[0].operation,
             Operation::Initialize {
                 protocol_version: Some(Cow::Borrowed("2025-11-25"))
             }
@@ -567,13 +587,13 @@ mod tests {
         let escaped = r#"{"jsonrpc":"2.0","method":"notifications\/x","params":{}}"#;
         let c = classify(escaped.as_bytes(), 8).unwrap();
         assert!(matches!(
-            &c.messages[0].operation,
+            &c.messages()[0].operation,
             Operation::Notification { method: Cow::Owned(m) } if m == "notifications/x"
         ));
         // `null` stays "absent", as before.
         let null = r#"{"jsonrpc":"2.0","id":1,"method":null,"result":{}}"#;
         let c = classify(null.as_bytes(), 8).unwrap();
-        assert!(matches!(c.messages[0].operation, Operation::Response));
+        assert!(matches!(c.messages()[0].operation, Operation::Response));
         let num = r#"{"jsonrpc":"2.0","id":1,"method":7}"#;
         assert!(classify(num.as_bytes(), 8).is_err());
     }
@@ -599,8 +619,8 @@ mod tests {
         let body = r#"[{"jsonrpc":"2.0","id":1,"method":"tools/list"},{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"x"}}]"#;
         let c = classify(body.as_bytes(), 64).unwrap();
         assert!(c.batch);
-        assert_eq!(c.messages.len(), 2);
-        assert_eq!(c.messages[1].id.unwrap().get(), "2");
+        assert_eq!(c.messages().len(), 2);
+        assert_eq!(c.messages()[1].id.unwrap().get(), "2");
         let bad = r#"[{"jsonrpc":"2.0","id":1,"method":"tools/list"}, 3]"#;
         assert!(classify(bad.as_bytes(), 64).is_err());
     }

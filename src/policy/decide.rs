@@ -158,10 +158,21 @@ impl Decision {
 /// answer is `Allow`.
 ///
 /// Closures `Fn(&PolicyRequest<'_>) -> Decision` are policies.
+///
+/// A policy that decides without I/O can also answer [`decide_now`](Policy::decide_now), which
+/// spares the boxed future of [`decide`](Policy::decide) on every message.
 #[async_trait]
 pub trait Policy: Send + Sync + 'static {
     /// The decision for `request`.
     async fn decide(&self, request: &PolicyRequest<'_>) -> Decision;
+
+    /// The decision for `request` if it needs no waiting, else `None`, and then `decide` is
+    /// awaited instead (each message gets one or the other, never both). `Some` must be what
+    /// `decide` would answer. The default is `None`.
+    fn decide_now(&self, request: &PolicyRequest<'_>) -> Option<Decision> {
+        let _ = request;
+        None
+    }
 }
 
 #[async_trait]
@@ -171,6 +182,21 @@ where
 {
     async fn decide(&self, request: &PolicyRequest<'_>) -> Decision {
         self(request)
+    }
+
+    fn decide_now(&self, request: &PolicyRequest<'_>) -> Option<Decision> {
+        Some(self(request))
+    }
+}
+
+/// One message's decision: [`Policy::decide_now`] if it answers, else [`Policy::decide`].
+pub(crate) async fn decide<P: Policy + ?Sized>(
+    policy: &P,
+    request: &PolicyRequest<'_>,
+) -> Decision {
+    match policy.decide_now(request) {
+        Some(decision) => decision,
+        None => policy.decide(request).await,
     }
 }
 
@@ -188,6 +214,10 @@ impl Policy for Arc<dyn Policy> {
         Self: 'async_trait,
     {
         (**self).decide(request)
+    }
+
+    fn decide_now(&self, request: &PolicyRequest<'_>) -> Option<Decision> {
+        (**self).decide_now(request)
     }
 }
 
@@ -218,7 +248,7 @@ impl Policy for All {
     async fn decide(&self, request: &PolicyRequest<'_>) -> Decision {
         let mut needed = BTreeSet::new();
         for policy in &self.0 {
-            match policy.decide(request).await {
+            match decide(policy.as_ref(), request).await {
                 Decision::Allow => {}
                 Decision::NeedsScopes(scopes) => needed.extend(scopes),
                 deny @ Decision::Deny { .. } => return deny,
@@ -237,7 +267,7 @@ impl Policy for Any {
     async fn decide(&self, request: &PolicyRequest<'_>) -> Decision {
         let mut step_up = None;
         for policy in &self.0 {
-            match policy.decide(request).await {
+            match decide(policy.as_ref(), request).await {
                 Decision::Allow => return Decision::Allow,
                 Decision::NeedsScopes(scopes) => {
                     step_up.get_or_insert(scopes);
@@ -255,10 +285,18 @@ impl Policy for Any {
 #[async_trait]
 impl Policy for Not {
     async fn decide(&self, request: &PolicyRequest<'_>) -> Decision {
-        match self.0.decide(request).await {
-            Decision::Allow => Decision::deny("negated policy allowed the operation"),
-            _ => Decision::Allow,
-        }
+        negate(self.0.decide(request).await)
+    }
+
+    fn decide_now(&self, request: &PolicyRequest<'_>) -> Option<Decision> {
+        self.0.decide_now(request).map(negate)
+    }
+}
+
+fn negate(decision: Decision) -> Decision {
+    match decision {
+        Decision::Allow => Decision::deny("negated policy allowed the operation"),
+        _ => Decision::Allow,
     }
 }
 
@@ -342,6 +380,43 @@ mod tests {
             assert_eq!(request.protocol_version(), want, "{op:?}");
             assert!(!request.is_listing());
             assert!(request.as_listing().is_listing());
+        }
+    }
+
+    /// Only `decide`: no synchronous answer.
+    struct Waits;
+
+    #[async_trait]
+    impl Policy for Waits {
+        async fn decide(&self, _: &PolicyRequest<'_>) -> Decision {
+            Decision::Allow
+        }
+    }
+
+    #[test]
+    fn decide_now_answers_only_when_nothing_waits() {
+        let p = principal();
+        let parts = http::Request::new(()).into_parts().0;
+        let request = PolicyRequest::new(&p, &Operation::Ping, &parts);
+        let allow: Arc<dyn Policy> = Arc::new(|_: &PolicyRequest<'_>| Decision::Allow);
+        let waits: Arc<dyn Policy> = Arc::new(Waits);
+        let denied = Decision::deny("negated policy allowed the operation");
+        let cases: [(&str, Arc<dyn Policy>, Option<Decision>); 6] = [
+            ("closure", allow.clone(), Some(Decision::Allow)),
+            ("default", waits.clone(), None),
+            ("not(closure)", Arc::new(not(allow.clone())), Some(denied)),
+            (
+                "not(not(closure))",
+                Arc::new(not(Arc::new(not(allow.clone())))),
+                Some(Decision::Allow),
+            ),
+            ("not(default)", Arc::new(not(waits.clone())), None),
+            // Combinators of several answer through `decide` only, so that no member is asked
+            // twice.
+            ("all(closure)", Arc::new(all(vec![allow])), None),
+        ];
+        for (name, policy, expected) in cases {
+            assert_eq!(policy.decide_now(&request), expected, "{name}");
         }
     }
 }

@@ -99,7 +99,7 @@ impl McpPolicyLayer {
     }
 }
 
-impl<S> Layer<S> for McpPolicyLayer {
+impl<S: Clone> Layer<S> for McpPolicyLayer {
     type Service = McpPolicy<S>;
 
     fn layer(&self, inner: S) -> Self::Service {

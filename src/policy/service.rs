@@ -4,11 +4,11 @@ use std::collections::BTreeSet;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 
 use base64::Engine as _;
-use bytes::Bytes;
+use bytes::{Buf, Bytes, BytesMut};
 use http::header::{ALLOW, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE};
 use http::{HeaderMap, HeaderName, Method, Request, Response};
 use http_body::Body;
@@ -18,7 +18,7 @@ use tower_service::Service;
 
 use super::body::PolicyBody;
 use super::classify::{Classified, Operation, classify};
-use super::decide::{Decision, Policy, PolicyRequest};
+use super::decide::{Decision, Policy, PolicyRequest, decide};
 use super::layer::PolicyShared;
 use super::listing::{ListKind, ListRequests, ListingBody, ListingFilter};
 use super::session::{BindRefused, SessionKey, SessionOwner};
@@ -53,32 +53,103 @@ fn bind_refused(refused: BindRefused) -> AuthError {
 
 /// Authorizes each JSON-RPC message before calling `S`; built by
 /// [`McpPolicyLayer`](super::McpPolicyLayer).
-#[derive(Clone)]
+///
+/// The checks finish after `call` returns (the body is read first), so each call's future owns
+/// the service it calls: `call` moves the ready service out instead of leaving a clone behind.
+/// Once its request has been handed to it, that service goes back to a small shared pool, and
+/// each `poll_ready` takes one from there; only an empty pool clones the copy kept at
+/// construction. So a server that clones the stack per request (axum does), and the token and
+/// DPoP layers that clone it to verify asynchronously, clone no `S`. A service that was polled
+/// but not called (its request was refused) is dropped, not pooled, so that whatever its
+/// readiness reserved is released.
 pub struct McpPolicy<S> {
-    inner: S,
+    /// The service the next `call` uses: set by `poll_ready`, taken by `call`.
+    ready: Option<S>,
+    spares: Arc<Spares<S>>,
     shared: Arc<PolicyShared>,
 }
 
-impl<S> McpPolicy<S> {
-    pub(crate) fn new(inner: S, shared: Arc<PolicyShared>) -> Self {
-        Self { inner, shared }
+/// Services already called once, to be polled for another call, and the template new ones are
+/// cloned from. Behind a mutex so that `S` need not be `Sync`.
+struct Spares<S> {
+    pool: Mutex<Pool<S>>,
+}
+
+struct Pool<S> {
+    template: S,
+    idle: Vec<S>,
+}
+
+/// Spares kept at most: about as many requests as a server has between `poll_ready` and the
+/// inner `call` at once. More are dropped.
+const MAX_IDLE: usize = 64;
+
+impl<S: Clone> Spares<S> {
+    fn new(template: S) -> Self {
+        Self {
+            pool: Mutex::new(Pool {
+                template,
+                idle: Vec::new(),
+            }),
+        }
     }
 
-    /// The inner service.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
+    /// A service no call holds. A panic in a clone under the lock poisons nothing that
+    /// matters: the template is only read and `idle` holds whole services.
+    fn take(&self) -> S {
+        let mut pool = self.pool.lock().unwrap_or_else(PoisonError::into_inner);
+        match pool.idle.pop() {
+            Some(service) => service,
+            None => pool.template.clone(),
+        }
     }
 
-    /// Unwraps the inner service.
-    pub fn into_inner(self) -> S {
-        self.inner
+    /// Pools a service whose `call` has returned: it holds no readiness any more.
+    fn give_back(&self, service: S) {
+        let mut pool = self.pool.lock().unwrap_or_else(PoisonError::into_inner);
+        if pool.idle.len() < MAX_IDLE {
+            pool.idle.push(service);
+            return;
+        }
+        drop(pool);
+        // Dropped outside the lock.
+        drop(service);
     }
 }
 
-impl<S: fmt::Debug> fmt::Debug for McpPolicy<S> {
+impl<S: Clone> McpPolicy<S> {
+    pub(crate) fn new(inner: S, shared: Arc<PolicyShared>) -> Self {
+        Self {
+            spares: Arc::new(Spares::new(inner.clone())),
+            ready: Some(inner),
+            shared,
+        }
+    }
+
+    /// Unwraps the inner service: the one at hand, or one from the pool.
+    pub fn into_inner(self) -> S {
+        match self.ready {
+            Some(inner) => inner,
+            None => self.spares.take(),
+        }
+    }
+}
+
+impl<S> Clone for McpPolicy<S> {
+    fn clone(&self) -> Self {
+        Self {
+            // Taken from the pool if the clone is ever polled.
+            ready: None,
+            spares: Arc::clone(&self.spares),
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+impl<S> fmt::Debug for McpPolicy<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("McpPolicy")
-            .field("inner", &self.inner)
+            .field("ready", &self.ready.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -120,14 +191,23 @@ where
     type Future = ResponseFuture<ResBody, S::Error>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
+        let spares = &self.spares;
+        self.ready
+            .get_or_insert_with(|| spares.take())
+            .poll_ready(cx)
     }
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
-        let clone = self.inner.clone();
-        let ready = std::mem::replace(&mut self.inner, clone);
+        // Without a `poll_ready` first (a caller's bug), an unpolled service from the pool is
+        // called, as a plain clone-and-call middleware would call its unpolled clone.
+        let ready = self.ready.take().unwrap_or_else(|| self.spares.take());
         ResponseFuture {
-            inner: Box::pin(authorize(self.shared.clone(), ready, req)),
+            inner: Box::pin(authorize(
+                self.shared.clone(),
+                ready,
+                self.spares.clone(),
+                req,
+            )),
         }
     }
 }
@@ -144,10 +224,11 @@ struct Plan {
 async fn authorize<S, ReqBody, ResBody>(
     shared: Arc<PolicyShared>,
     mut inner: S,
+    spares: Arc<Spares<S>>,
     req: Request<ReqBody>,
 ) -> Result<Response<PolicyBody<ResBody>>, S::Error>
 where
-    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone,
     ReqBody: Body + From<Bytes>,
     ReqBody::Error: Into<BoxError>,
     ResBody: Body<Data = Bytes> + Send + 'static,
@@ -206,7 +287,9 @@ where
         // The token (and, for a bound session, ownership) is all these need.
         let delete = parts.method == Method::DELETE;
         authorized();
-        let response = inner.call(Request::from_parts(parts, body)).await?;
+        let response = inner.call(Request::from_parts(parts, body));
+        spares.give_back(inner);
+        let response = response.await?;
         if delete
             && response.status().is_success()
             && let (Some(store), Some(key)) = (&shared.sessions, &session)
@@ -236,7 +319,7 @@ where
             return Ok(shared.reject(AuthErrorKind::BatchRefused.into(), None));
         }
         if let Some(record) = &record {
-            for message in &classified.messages {
+            for message in classified.messages() {
                 let op = &message.operation;
                 record.add_call(op.method(), op.target(), op.arguments());
             }
@@ -269,9 +352,9 @@ where
         parts: parts.clone(),
     });
     authorized();
-    let response = inner
-        .call(Request::from_parts(parts, ReqBody::from(bytes)))
-        .await?;
+    let response = inner.call(Request::from_parts(parts, ReqBody::from(bytes)));
+    spares.give_back(inner);
+    let response = response.await?;
 
     if plan.initialize
         && response.status().is_success()
@@ -325,7 +408,7 @@ async fn evaluate<B>(
     let mut needed = BTreeSet::new();
     let mut refused_id: Option<Option<&RawValue>> = None;
     let mut refused_call = false;
-    for message in &classified.messages {
+    for message in classified.messages() {
         let kind = match message.operation {
             Operation::ListTools => Some(ListKind::Tools),
             Operation::ListPrompts => Some(ListKind::Prompts),
@@ -341,7 +424,7 @@ async fn evaluate<B>(
             plan.lists.push((compact(id), kind));
         }
         let request = PolicyRequest::new(principal, &message.operation, parts);
-        match shared.policy.decide(&request).await {
+        match decide(shared.policy.as_ref(), &request).await {
             Decision::Allow => {}
             Decision::NeedsScopes(scopes) => {
                 needed.extend(scopes);
@@ -467,11 +550,36 @@ where
             None => return Err(AuthError::new(AuthErrorKind::MalformedMessage)),
         }
     }
-    match Limited::new(body, max).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(error) if error.is::<http_body_util::LengthLimitError>() => Err(too_large()),
-        Err(_) => Err(AuthError::new(AuthErrorKind::MalformedMessage)),
+    // Frame by frame rather than `collect`: a body that arrives as one chunk (the usual case)
+    // is kept as it is, with no buffer list allocated around it. Trailers are ignored, as
+    // `Collected::to_bytes` ignores them.
+    let mut body = std::pin::pin!(Limited::new(body, max));
+    let mut whole = Bytes::new();
+    let mut joined: Option<BytesMut> = None;
+    while let Some(frame) = body.frame().await {
+        let frame = match frame {
+            Ok(frame) => frame,
+            Err(error) if error.is::<http_body_util::LengthLimitError>() => {
+                return Err(too_large());
+            }
+            Err(_) => return Err(AuthError::new(AuthErrorKind::MalformedMessage)),
+        };
+        let Ok(mut data) = frame.into_data() else {
+            continue;
+        };
+        let chunk = data.copy_to_bytes(data.remaining());
+        match &mut joined {
+            Some(joined) => joined.extend_from_slice(&chunk),
+            None if whole.is_empty() => whole = chunk,
+            None => {
+                let mut buffer = BytesMut::with_capacity(whole.len() + chunk.len());
+                buffer.extend_from_slice(&whole);
+                buffer.extend_from_slice(&chunk);
+                joined = Some(buffer);
+            }
+        }
     }
+    Ok(joined.map_or(whole, BytesMut::freeze))
 }
 
 /// The `Mcp-Session-Id`, if exactly one is sent.
@@ -520,7 +628,7 @@ fn check_mirrored_headers(
         return Ok(());
     }
     let mismatch = Err(AuthError::new(AuthErrorKind::HeaderMismatch));
-    let [message] = classified.messages.as_slice() else {
+    let [message] = classified.messages() else {
         return mismatch;
     };
     let op = &message.operation;
@@ -569,7 +677,131 @@ impl ListingFilter for PrincipalFilter {
                 ListKind::Resources => Operation::ReadResource { uri: item.into() },
             };
             let request = PolicyRequest::new(&self.principal, &operation, &self.parts).as_listing();
-            self.policy.decide(&request).await.is_allow()
+            decide(self.policy.as_ref(), &request).await.is_allow()
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body::Frame;
+    use http_body_util::StreamBody;
+
+    type Chunk = Result<Frame<Bytes>, std::io::Error>;
+    /// (case, frames, `Content-Length`, expected)
+    type Case = (
+        &'static str,
+        Vec<Chunk>,
+        Option<&'static str>,
+        Result<Bytes, AuthErrorKind>,
+    );
+
+    fn data(text: &'static str) -> Chunk {
+        Ok(Frame::data(Bytes::from_static(text.as_bytes())))
+    }
+
+    fn trailers() -> Chunk {
+        Ok(Frame::trailers(HeaderMap::new()))
+    }
+
+    fn broken() -> Chunk {
+        Err(std::io::Error::other("connection reset"))
+    }
+
+    async fn read(
+        frames: Vec<Chunk>,
+        content_length: Option<&str>,
+    ) -> Result<Bytes, AuthErrorKind> {
+        let mut headers = HeaderMap::new();
+        if let Some(len) = content_length {
+            headers.insert(CONTENT_LENGTH, len.parse().unwrap());
+        }
+        let body = StreamBody::new(futures_util::stream::iter(frames));
+        read_body(body, &headers, 10).await.map_err(|e| e.kind())
+    }
+
+    #[tokio::test]
+    async fn read_body_table() {
+        use AuthErrorKind::*;
+        let ok = |text: &str| Ok(Bytes::copy_from_slice(text.as_bytes()));
+        let cases: Vec<Case> = vec![
+            ("no frames", vec![], None, ok("")),
+            ("one chunk", vec![data("abc")], Some("3"), ok("abc")),
+            ("two chunks", vec![data("ab"), data("c")], None, ok("abc")),
+            (
+                "three chunks",
+                vec![data("a"), data("b"), data("c")],
+                None,
+                ok("abc"),
+            ),
+            (
+                "empty chunks",
+                vec![data(""), data("ab"), data(""), data("c")],
+                None,
+                ok("abc"),
+            ),
+            (
+                "trailers ignored",
+                vec![data("ab"), trailers()],
+                None,
+                ok("ab"),
+            ),
+            (
+                "exactly the limit",
+                vec![data("12345"), data("67890")],
+                None,
+                ok("1234567890"),
+            ),
+            (
+                "over the limit in chunks",
+                vec![data("123456"), data("78901")],
+                None,
+                Err(BodyTooLarge),
+            ),
+            (
+                "over the limit at once",
+                vec![data("12345678901")],
+                None,
+                Err(BodyTooLarge),
+            ),
+            (
+                "declared over the limit",
+                vec![data("a")],
+                Some("11"),
+                Err(BodyTooLarge),
+            ),
+            (
+                "declared length not a number",
+                vec![data("a")],
+                Some("x"),
+                Err(MalformedMessage),
+            ),
+            (
+                "broken after a chunk",
+                vec![data("ab"), broken()],
+                None,
+                Err(MalformedMessage),
+            ),
+            (
+                "broken at once",
+                vec![broken()],
+                None,
+                Err(MalformedMessage),
+            ),
+        ];
+        for (name, frames, content_length, expected) in cases {
+            assert_eq!(read(frames, content_length).await, expected, "{name}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_body_in_one_chunk_is_not_copied() {
+        let chunk = Bytes::from_static(b"{\"jsonrpc\":\"2.0\"}");
+        let body = StreamBody::new(futures_util::stream::iter([Ok::<_, std::io::Error>(
+            Frame::data(chunk.clone()),
+        )]));
+        let read = read_body(body, &HeaderMap::new(), 1024).await.unwrap();
+        assert_eq!(read.as_ptr(), chunk.as_ptr());
     }
 }

@@ -416,6 +416,17 @@ fn percent_decode(bytes: &[u8]) -> Vec<u8> {
 #[async_trait]
 impl Policy for ToolScopes {
     async fn decide(&self, request: &PolicyRequest<'_>) -> Decision {
+        self.decision(request)
+    }
+
+    fn decide_now(&self, request: &PolicyRequest<'_>) -> Option<Decision> {
+        Some(self.decision(request))
+    }
+}
+
+impl ToolScopes {
+    /// The scope map needs no I/O: [`Policy::decide`] and [`Policy::decide_now`] both answer this.
+    fn decision(&self, request: &PolicyRequest<'_>) -> Decision {
         let Some(required) = self.required(request.operation()) else {
             if uri_target(request.operation()) && request.target().is_some_and(ambiguous_uri) {
                 return Decision::deny("resource URI with dot segments or encoded dots");
@@ -458,7 +469,10 @@ mod tests {
         let p = principal(scopes);
         let parts = http::Request::new(()).into_parts().0;
         let request = PolicyRequest::new(&p, &op, &parts);
-        futures_lite_block_on(policy.decide(&request))
+        let decided = futures_lite_block_on(policy.decide(&request));
+        // Every case of every table here also pins the synchronous answer to the same verdict.
+        assert_eq!(policy.decide_now(&request), Some(decided.clone()), "{op:?}");
+        decided
     }
 
     fn futures_lite_block_on<F: std::future::Future>(f: F) -> F::Output {

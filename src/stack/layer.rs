@@ -25,7 +25,7 @@ pub struct McpAuthLayer {
     pub(crate) metadata_paths: Arc<[String; 2]>,
 }
 
-impl<S> Layer<S> for McpAuthLayer {
+impl<S: Clone> Layer<S> for McpAuthLayer {
     type Service = Audit<McpAuthService<S>>;
 
     fn layer(&self, inner: S) -> Self::Service {

@@ -24,13 +24,9 @@ pub struct McpAuthService<S> {
     pub(crate) metadata_paths: Arc<[String; 2]>,
 }
 
-impl<S> McpAuthService<S> {
-    /// The inner service.
-    pub fn get_ref(&self) -> &S {
-        self.inner.get_ref().get_ref().get_ref()
-    }
-
-    /// Unwraps the inner service.
+impl<S: Clone> McpAuthService<S> {
+    /// Unwraps the inner service. (There is no `get_ref`: between a call and the next
+    /// `poll_ready` the policy layer holds no service of its own, see [`McpPolicy`].)
     pub fn into_inner(self) -> S {
         self.inner.into_inner().into_inner().into_inner()
     }
