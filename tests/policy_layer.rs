@@ -1437,13 +1437,7 @@ async fn the_policy_layer_reuses_called_services_and_drops_refused_ones() {
     let auth = McpAuth::builder()
         .resource(RESOURCE)
         .issuer(dev.issuer_config())
-        .policy(|r: &PolicyRequest<'_>| {
-            if r.target() == Some("refused") {
-                Decision::deny("test")
-            } else {
-                Decision::Allow
-            }
-        })
+        .policy(|r: &PolicyRequest<'_>| verdict(r))
         .build()
         .unwrap();
     let token = dev.token(RESOURCE).sign();

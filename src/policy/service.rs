@@ -56,8 +56,8 @@ fn bind_refused(refused: BindRefused) -> AuthError {
 ///
 /// The checks finish after `call` returns (the body is read first), so each call's future owns
 /// the service it calls: `call` moves the ready service out instead of leaving a clone behind.
-/// Once its request has been handed to it, that service goes back to a small shared pool, and
-/// each `poll_ready` takes one from there; only an empty pool clones the copy kept at
+/// Once its request has been handed to it, that service goes back to a shared pool (of at most
+/// 64), and each `poll_ready` takes one from there; only an empty pool clones the copy kept at
 /// construction. So a server that clones the stack per request (axum does), and the token and
 /// DPoP layers that clone it to verify asynchronously, clone no `S`. A service that was polled
 /// but not called (its request was refused) is dropped, not pooled, so that whatever its
