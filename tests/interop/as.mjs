@@ -26,7 +26,8 @@
 //   header  { alg: 'ES256', typ: 'at+jwt', kid }
 //   payload { jti, sub, iat, exp, scope, client_id, iss, aud }
 // where aud is the resource URI (a single string), sub == client_id == 'interop-client'
-// for client credentials, exp - iat == 600, and scope is the *requested* scope
+// for client credentials, exp - iat == 600 (599 when a second ends between oidc-provider's two
+// clock reads), and scope is the *requested* scope
 // intersected with 'notes:read notes:write notes:admin' (no `scope` parameter, or
 // none of those, means no `scope` claim at all). Without a `resource` parameter the
 // AS issues an opaque (non-JWT) token, unless AS_DEFAULT_RESOURCE is set.
