@@ -1499,7 +1499,8 @@ async fn the_policy_layer_reuses_called_services_and_drops_refused_ones() {
     );
 
     // A caller that skips `poll_ready` (a contract violation) gets the pooled service unpolled,
-    // as a clone-and-call middleware would call its unpolled clone; nothing panics.
+    // as a clone-and-call middleware would call its unpolled clone. The layer does not panic
+    // (an inner service that insists on readiness, such as tower's `Buffer`, may).
     let response = service.call(post(Some(&token), call("x"))).await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(
@@ -1508,8 +1509,9 @@ async fn the_policy_layer_reuses_called_services_and_drops_refused_ones() {
         "(clones, calls, unpolled calls)"
     );
 
-    // A refused request's service was polled but never called: it is dropped, not pooled (its
-    // readiness may hold a permit), so the next request clones a new one.
+    // A refused request's service was polled but never called: it is dropped, not pooled (for a
+    // service whose readiness holds a permit, that releases it), so the next request clones a
+    // new one.
     let prototype = stack();
     snapshot(&counts);
     assert_eq!(send(prototype.clone(), "x").await, StatusCode::OK);
@@ -1558,7 +1560,7 @@ fn verdict(request: &PolicyRequest<'_>) -> Decision {
 }
 
 #[tokio::test]
-async fn each_message_gets_decide_now_or_decide_never_both() {
+async fn each_message_gets_one_answer_decide_now_first() {
     let dev = DevIssuer::new("https://as.example.com");
     let token = dev.token(RESOURCE).sign();
     // (answers now, tool, expected status, decide calls, decide_now calls)

@@ -166,9 +166,9 @@ pub trait Policy: Send + Sync + 'static {
     /// The decision for `request`.
     async fn decide(&self, request: &PolicyRequest<'_>) -> Decision;
 
-    /// The decision for `request` if it needs no waiting, else `None`, and then `decide` is
-    /// awaited instead (each message gets one or the other, never both). `Some` must be what
-    /// `decide` would answer. The default is `None`.
+    /// The decision for `request` if it needs no waiting, else `None`. The policy layer asks
+    /// this first and awaits `decide` only on `None`, so each message gets one answer. `Some`
+    /// must be what `decide` would answer. The default is `None`.
     fn decide_now(&self, request: &PolicyRequest<'_>) -> Option<Decision> {
         let _ = request;
         None

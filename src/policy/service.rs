@@ -58,10 +58,14 @@ fn bind_refused(refused: BindRefused) -> AuthError {
 /// the service it calls: `call` moves the ready service out instead of leaving a clone behind.
 /// Once its request has been handed to it, that service goes back to a shared pool (of at most
 /// 64), and each `poll_ready` takes one from there; only an empty pool clones the copy kept at
-/// construction. So a server that clones the stack per request (axum does), and the token and
-/// DPoP layers that clone it to verify asynchronously, clone no `S`. A service that was polled
-/// but not called (its request was refused) is dropped, not pooled, so that whatever its
-/// readiness reserved is released.
+/// construction, under the pool's lock. So while the pool has a spare, a server that clones the
+/// stack per request (axum does), and the token layer cloning it to verify a token it has not
+/// cached, clone no `S`. A service that was polled but not called (its request was refused) is
+/// dropped, not pooled, so that whatever its readiness reserved is released.
+///
+/// A called service serves later requests, possibly on other connections, as the one service
+/// behind a `tower::buffer::Buffer` does: `S` must not keep per-request state in itself (axum's
+/// `Route` and rmcp's `StreamableHttpService` keep none), and up to 64 of them stay alive.
 pub struct McpPolicy<S> {
     /// The service the next `call` uses: set by `poll_ready`, taken by `call`.
     ready: Option<S>,
@@ -567,6 +571,10 @@ where
         let Ok(mut data) = frame.into_data() else {
             continue;
         };
+        if !data.has_remaining() {
+            // An empty frame (HTTP/2 often ends a body with one) must not force a copy.
+            continue;
+        }
         let chunk = data.copy_to_bytes(data.remaining());
         match &mut joined {
             Some(joined) => joined.extend_from_slice(&chunk),
@@ -798,9 +806,10 @@ mod tests {
     #[tokio::test]
     async fn a_body_in_one_chunk_is_not_copied() {
         let chunk = Bytes::from_static(b"{\"jsonrpc\":\"2.0\"}");
-        let body = StreamBody::new(futures_util::stream::iter([Ok::<_, std::io::Error>(
-            Frame::data(chunk.clone()),
-        )]));
+        // An empty frame before and after it, as HTTP/2 may send.
+        let frames = [Bytes::new(), chunk.clone(), Bytes::new()]
+            .map(|data| Ok::<_, std::io::Error>(Frame::data(data)));
+        let body = StreamBody::new(futures_util::stream::iter(frames));
         let read = read_body(body, &HeaderMap::new(), 1024).await.unwrap();
         assert_eq!(read.as_ptr(), chunk.as_ptr());
     }
