@@ -813,4 +813,48 @@ mod tests {
         let read = read_body(body, &HeaderMap::new(), 1024).await.unwrap();
         assert_eq!(read.as_ptr(), chunk.as_ptr());
     }
+
+    /// Counts its clones and drops.
+    struct Tracked(
+        Arc<(
+            std::sync::atomic::AtomicUsize,
+            std::sync::atomic::AtomicUsize,
+        )>,
+    );
+
+    impl Clone for Tracked {
+        fn clone(&self) -> Self {
+            self.0.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Self(Arc::clone(&self.0))
+        }
+    }
+
+    impl Drop for Tracked {
+        fn drop(&mut self) {
+            self.0.1.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn the_pool_keeps_at_most_max_idle_and_clones_only_when_empty() {
+        use std::sync::atomic::Ordering::SeqCst;
+        let counts = Arc::new(Default::default());
+        let spares = Spares::new(Tracked(Arc::clone(&counts)));
+        let clones = || counts.0.load(SeqCst);
+        let drops = || counts.1.load(SeqCst);
+        // An empty pool clones the template.
+        let taken: Vec<Tracked> = (0..MAX_IDLE + 6).map(|_| spares.take()).collect();
+        assert_eq!((clones(), drops()), (MAX_IDLE + 6, 0));
+        // Handed back, MAX_IDLE stay and the rest are dropped.
+        for service in taken {
+            spares.give_back(service);
+        }
+        assert_eq!((clones(), drops()), (MAX_IDLE + 6, 6));
+        // The kept ones are taken before any new clone.
+        let again: Vec<Tracked> = (0..MAX_IDLE).map(|_| spares.take()).collect();
+        assert_eq!(clones(), MAX_IDLE + 6);
+        let _fresh = spares.take();
+        assert_eq!(clones(), MAX_IDLE + 7);
+        drop(again);
+    }
 }
