@@ -8,6 +8,8 @@
 //! instructions-<hash> stack 4000   # the whole stack, same token every time (cache hit)
 //! instructions-<hash> bare 4000    # the bare service
 //! instructions-<hash> sha256 4000  # only the SHA-256 of the token (the cache key)
+//! instructions-<hash> stack-64k 400  # the whole stack, a 64 KiB `tools/call`
+//! instructions-<hash> bare-64k 400   # the bare service, the same body
 //! ```
 //!
 //! Under `cargo bench` (no mode given) it prints this usage and exits.
@@ -23,15 +25,20 @@ use tower_layer::Layer;
 mod common;
 use common::{CALL_WHOAMI, fixture, install_jsonwebtoken_provider, ok_handler, post};
 
+const MODES: [&str; 5] = ["stack", "bare", "sha256", "stack-64k", "bare-64k"];
+
 fn main() {
     let mut args = std::env::args().skip(1);
     let (mode, n) = match (
         args.next(),
         args.next().and_then(|n| n.parse::<usize>().ok()),
     ) {
-        (Some(mode), Some(n)) if ["stack", "bare", "sha256"].contains(&mode.as_str()) => (mode, n),
+        (Some(mode), Some(n)) if MODES.contains(&mode.as_str()) => (mode, n),
         _ => {
-            println!("instructions: run by scripts/instructions (modes: stack|bare|sha256 N)");
+            println!(
+                "instructions: run by scripts/instructions (modes: {} N)",
+                MODES.join("|")
+            );
             return;
         }
     };
@@ -44,6 +51,8 @@ fn main() {
     let bearer = format!("Bearer {token}");
     let mut stack = auth.layer().layer(tower::service_fn(ok_handler));
     let mut bare = tower::service_fn(ok_handler);
+    let small = Bytes::from_static(CALL_WHOAMI);
+    let large = large_call();
     rt.block_on(async {
         // Verifies and caches the token: every counted request is a cache hit.
         let first = stack
@@ -56,8 +65,10 @@ fn main() {
         assert_eq!(first.status(), StatusCode::OK);
         for _ in 0..n {
             match mode.as_str() {
-                "stack" => call_ok(&mut stack, &bearer).await,
-                "bare" => call_ok(&mut bare, &bearer).await,
+                "stack" => call_ok(&mut stack, &small, &bearer).await,
+                "bare" => call_ok(&mut bare, &small, &bearer).await,
+                "stack-64k" => call_ok(&mut stack, &large, &bearer).await,
+                "bare-64k" => call_ok(&mut bare, &large, &bearer).await,
                 _ => drop(black_box(Sha256::digest(black_box(token.as_bytes())))),
             }
         }
@@ -65,13 +76,37 @@ fn main() {
 }
 
 /// One warm request through `svc`, checked to be a 200 and then dropped.
-async fn call_ok<S, B>(svc: &mut S, bearer: &str)
+async fn call_ok<S, B>(svc: &mut S, body: &Bytes, bearer: &str)
 where
     S: Service<http::Request<common::Body>, Response = http::Response<B>>,
     S::Error: std::fmt::Debug,
 {
-    let request = black_box(post(Bytes::from_static(CALL_WHOAMI), bearer, None));
+    let request = black_box(post(body.clone(), bearer, None));
     let response = svc.ready().await.unwrap().call(request).await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     drop(black_box(response));
+}
+
+/// A `whoami` call of exactly 64 KiB: the arguments carry an array of small records, as in the
+/// criterion `policy/large_64KiB` bench.
+fn large_call() -> Bytes {
+    const SIZE: usize = 64 * 1024;
+    let head = r#"{"jsonrpc":"2.0","id":8,"method":"tools/call","params":{"name":"whoami","arguments":{"query":"bulk","records":["#;
+    let tail = r#"]}}}"#;
+    let mut body = String::from(head);
+    for n in 0.. {
+        let record = format!(
+            r#"{}{{"line":{n},"text":"lorem ipsum dolor sit amet, consectetur adipiscing elit","tags":["a","b"]}}"#,
+            if n == 0 { "" } else { "," }
+        );
+        if body.len() + record.len() + tail.len() > SIZE {
+            break;
+        }
+        body.push_str(&record);
+    }
+    body.push_str(tail);
+    let pad = SIZE - body.len();
+    let body = body.replacen("bulk", &format!("bulk{}", " ".repeat(pad)), 1);
+    assert_eq!(body.len(), SIZE);
+    Bytes::from(body)
 }

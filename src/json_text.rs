@@ -12,7 +12,7 @@
 /// string; linear, and allocation-free.
 pub(crate) fn has_lone_surrogate_escape(text: &[u8]) -> bool {
     let mut i = 0;
-    while let Some(offset) = text[i..].iter().position(|&b| b == b'\\') {
+    while let Some(offset) = memchr::memchr(b'\\', &text[i..]) {
         i += offset;
         match text.get(i + 1) {
             Some(b'u') => match unit(text, i) {

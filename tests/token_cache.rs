@@ -192,10 +192,11 @@ async fn cached_token_still_expires() {
     let auth = builder(&dev).leeway(Duration::ZERO).build().unwrap();
     let token = dev
         .token(RESOURCE)
-        .expires_in(Duration::from_secs(1))
+        .expires_in(Duration::from_secs(2))
         .sign();
+    // `exp` is whole seconds: two seconds leave at least one for warming on a busy machine.
     warm(&auth, "Bearer", &token, || None).await;
-    tokio::time::sleep(Duration::from_millis(2100)).await;
+    tokio::time::sleep(Duration::from_millis(3100)).await;
     assert_eq!(
         send(&auth, "Bearer", &token, None).await,
         (StatusCode::UNAUTHORIZED, Some(AuthErrorKind::Expired))

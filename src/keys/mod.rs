@@ -24,8 +24,6 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-#[cfg(not(feature = "aws-lc-rs"))]
-pub(crate) use algorithm::KeyFamily;
 pub use algorithm::{AlgorithmSet, SigningAlgorithm, UnknownAlgorithm};
 pub use discovery::{DiscoveredKeys, IssuerMetadata, discover, discovery_urls};
 pub(crate) use key::{KeyLookupError, MAX_KID_LEN, ProofKey, proof_key};

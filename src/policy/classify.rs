@@ -8,9 +8,10 @@
 //! unescaped exactly as the server will unescape them, so `"add\u005fnote"` is `add_note`.
 
 use std::borrow::Cow;
+use std::fmt;
 
 use serde::Deserialize;
-use serde::de::{Deserializer, IgnoredAny};
+use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde_json::value::RawValue;
 
 use crate::error::{AuthError, AuthErrorKind};
@@ -237,32 +238,39 @@ pub(crate) fn classify(body: &[u8], max_depth: usize) -> Result<Classified<'_>, 
 fn check_depth(bytes: &[u8], max: usize) -> Result<(), AuthError> {
     // Nesting never exceeds the number of `{` and `[` bytes. Counting them is one branch-free
     // (SIMD) pass; the structure is walked only when the count leaves room for doubt.
-    let openers = bytes
-        .iter()
-        .fold(0usize, |n, &b| n + usize::from((b == b'{') | (b == b'[')));
-    if openers <= max || within_depth(bytes, max) {
+    if openers(bytes) <= max || within_depth(bytes, max) {
         return Ok(());
     }
     Err(malformed().with_detail("nested too deeply"))
 }
 
+/// The number of `{` and `[` bytes.
+fn openers(bytes: &[u8]) -> usize {
+    // Counted into a `u8` per chunk of at most 255 bytes (so it cannot overflow), which keeps
+    // one count per byte lane of a SIMD register instead of widening each to a `usize`.
+    bytes
+        .chunks(255)
+        .map(|chunk| {
+            let n = chunk
+                .iter()
+                .fold(0u8, |n, &b| n + u8::from((b == b'{') | (b == b'[')));
+            usize::from(n)
+        })
+        .sum()
+}
+
 /// Whether `bytes` nest no deeper than `max`, outside strings.
 fn within_depth(bytes: &[u8], max: usize) -> bool {
     let mut depth = 0usize;
-    let mut in_string = false;
-    let mut escaped = false;
-    for &b in bytes {
-        if in_string {
-            match (escaped, b) {
-                (true, _) => escaped = false,
-                (false, b'\\') => escaped = true,
-                (false, b'"') => in_string = false,
-                _ => {}
-            }
-            continue;
-        }
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
         match b {
-            b'"' => in_string = true,
+            // A string's bytes never count: jump to its closing quote, escapes and all.
+            b'"' => match string_end(bytes, i + 1) {
+                Some(end) => i = end,
+                // Unterminated, which serde refuses; nothing after it can open a level.
+                None => return true,
+            },
             b'{' | b'[' => {
                 depth += 1;
                 if depth > max {
@@ -272,8 +280,21 @@ fn within_depth(bytes: &[u8], max: usize) -> bool {
             b'}' | b']' => depth = depth.saturating_sub(1),
             _ => {}
         }
+        i += 1;
     }
     true
+}
+
+/// The index of the quote that ends the string whose contents start at `from`.
+fn string_end(bytes: &[u8], mut from: usize) -> Option<usize> {
+    loop {
+        let at = from + memchr::memchr2(b'"', b'\\', bytes.get(from..)?)?;
+        if bytes[at] == b'"' {
+            return Some(at);
+        }
+        // A backslash escapes the next byte, whatever it is.
+        from = at + 2;
+    }
 }
 
 fn raw<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
@@ -283,30 +304,179 @@ fn raw<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Erro
 /// An optional string, borrowed from the body unless it has escapes. (serde borrows a bare
 /// `Cow<str>` field but copies one inside an `Option`.)
 fn text<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Cow<'de, str>>, D::Error> {
-    #[derive(Deserialize)]
-    struct Text<'a>(#[serde(borrow)] Cow<'a, str>);
     Option::<Text<'de>>::deserialize(d).map(|text| text.map(|Text(text)| text))
 }
 
-fn present<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
-    IgnoredAny::deserialize(d).map(|_| true)
+/// A string, borrowed from the body unless it has escapes.
+#[derive(Deserialize)]
+struct Text<'a>(#[serde(borrow)] Cow<'a, str>);
+
+/// [`text`] as a value type, for reading a map member by member.
+#[derive(Deserialize)]
+struct OptionalText<'a>(#[serde(borrow, deserialize_with = "text")] Option<Cow<'a, str>>);
+
+/// The envelope members read; any other member is skipped.
+#[derive(Deserialize)]
+#[serde(field_identifier, rename_all = "lowercase")]
+enum Member {
+    Jsonrpc,
+    Id,
+    Method,
+    Params,
+    Result,
+    Error,
+    #[serde(other)]
+    Other,
 }
 
-/// The envelope members read. serde refuses a repeated member, however it is escaped.
-#[derive(Deserialize)]
+/// The envelope members read. A repeated one is refused, however it is escaped.
 struct Envelope<'a> {
-    #[serde(borrow)]
     jsonrpc: Cow<'a, str>,
-    #[serde(default, borrow, deserialize_with = "raw")]
     id: Option<&'a RawValue>,
-    #[serde(default, borrow, deserialize_with = "text")]
     method: Option<Cow<'a, str>>,
-    #[serde(default, borrow, deserialize_with = "raw")]
-    params: Option<&'a RawValue>,
-    #[serde(default, deserialize_with = "present")]
+    params: Option<Params<'a>>,
     result: bool,
-    #[serde(default, deserialize_with = "present")]
     error: bool,
+}
+
+/// `params` as read in the envelope's one pass.
+///
+/// When `method` comes first (the usual order) the method's params are read there and then;
+/// otherwise they are kept raw and read once the method is known. Both read the same bytes with
+/// the same types, so the order of the members never changes what is accepted.
+enum Params<'a> {
+    /// Kept for reading once the method is known.
+    Raw(&'a RawValue),
+    /// A method whose params no decision reads: checked to be JSON, nothing more.
+    Unread,
+    Initialize(InitializeParams<'a>),
+    Named(NamedParams<'a>),
+    Uri(UriParams<'a>),
+    Complete(CompleteParams<'a>),
+}
+
+impl<'de> Deserialize<'de> for Envelope<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_map(EnvelopeVisitor)
+    }
+}
+
+struct EnvelopeVisitor;
+
+impl<'de> Visitor<'de> for EnvelopeVisitor {
+    type Value = Envelope<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON-RPC message")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Envelope<'de>, A::Error> {
+        fn once<T, E: de::Error>(slot: &Option<T>, name: &'static str) -> Result<(), E> {
+            match slot {
+                Some(_) => Err(E::duplicate_field(name)),
+                None => Ok(()),
+            }
+        }
+        let mut jsonrpc = None;
+        let mut id = None;
+        let mut method: Option<Option<Cow<'de, str>>> = None;
+        let mut params = None;
+        let mut result = None;
+        let mut error = None;
+        while let Some(member) = map.next_key::<Member>()? {
+            match member {
+                Member::Jsonrpc => {
+                    once(&jsonrpc, "jsonrpc")?;
+                    jsonrpc = Some(map.next_value::<Text<'de>>()?.0);
+                }
+                Member::Id => {
+                    once(&id, "id")?;
+                    id = Some(map.next_value::<&'de RawValue>()?);
+                }
+                Member::Method => {
+                    once(&method, "method")?;
+                    method = Some(map.next_value::<OptionalText<'de>>()?.0);
+                }
+                Member::Params => {
+                    once(&params, "params")?;
+                    params = Some(match method.as_ref().and_then(Option::as_deref) {
+                        Some(method) => read_params(&mut map, method)?,
+                        None => Params::Raw(map.next_value()?),
+                    });
+                }
+                Member::Result => {
+                    once(&result, "result")?;
+                    result = Some(map.next_value::<IgnoredAny>()?);
+                }
+                Member::Error => {
+                    once(&error, "error")?;
+                    error = Some(map.next_value::<IgnoredAny>()?);
+                }
+                Member::Other => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(Envelope {
+            jsonrpc: jsonrpc.ok_or_else(|| de::Error::missing_field("jsonrpc"))?,
+            id,
+            method: method.flatten(),
+            params,
+            result: result.is_some(),
+            error: error.is_some(),
+        })
+    }
+}
+
+/// Reads `params` as `method` needs them.
+fn read_params<'de, A: MapAccess<'de>>(map: &mut A, method: &str) -> Result<Params<'de>, A::Error> {
+    Ok(match method {
+        "initialize" => Params::Initialize(map.next_value::<Object<_>>()?.0),
+        "tools/call" | "prompts/get" => Params::Named(map.next_value::<Object<_>>()?.0),
+        "resources/read" | "resources/subscribe" | "resources/unsubscribe" => {
+            Params::Uri(map.next_value::<Object<_>>()?.0)
+        }
+        "completion/complete" => Params::Complete(map.next_value::<Object<_>>()?.0),
+        _ => {
+            map.next_value::<IgnoredAny>()?;
+            Params::Unread
+        }
+    })
+}
+
+/// A `T` read from a JSON object only: serde would read a struct from an array positionally.
+struct Object<T>(T);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Object<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        T::deserialize(StructAsMap(d)).map(Object)
+    }
+}
+
+/// Hands a struct's visitor to `deserialize_map`, which refuses anything but an object.
+struct StructAsMap<D>(D);
+
+impl<'de, D: Deserializer<'de>> Deserializer<'de> for StructAsMap<D> {
+    type Error = D::Error;
+
+    fn deserialize_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, D::Error> {
+        self.0.deserialize_any(visitor)
+    }
+
+    fn deserialize_struct<V: Visitor<'de>>(
+        self,
+        _name: &'static str,
+        _fields: &'static [&'static str],
+        visitor: V,
+    ) -> Result<V::Value, D::Error> {
+        self.0.deserialize_map(visitor)
+    }
+
+    serde::forward_to_deserialize_any! {
+        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf
+        option unit unit_struct newtype_struct seq tuple tuple_struct map enum identifier
+        ignored_any
+    }
 }
 
 #[derive(Deserialize)]
@@ -331,8 +501,9 @@ struct UriParams<'a> {
 
 #[derive(Deserialize)]
 struct CompleteParams<'a> {
+    /// An object, as everywhere: never read positionally from an array.
     #[serde(rename = "ref", borrow)]
-    reference: RefParams<'a>,
+    reference: Object<RefParams<'a>>,
 }
 
 #[derive(Deserialize)]
@@ -353,12 +524,42 @@ fn object<'a, T: Deserialize<'a>>(text: &'a str) -> Result<T, AuthError> {
     serde_json::from_str(text).map_err(|_| malformed())
 }
 
-fn params<'a, T: Deserialize<'a>>(params: Option<&'a RawValue>) -> Result<T, AuthError> {
-    object(
-        params
-            .ok_or_else(|| malformed().with_detail("missing params"))?
-            .get(),
-    )
+/// Params a method needs: read in the envelope's pass, or now from the raw value.
+trait MethodParams<'a>: Deserialize<'a> {
+    /// These params, if the envelope's pass read them as this type.
+    fn take(params: Params<'a>) -> Option<Self>;
+}
+
+macro_rules! method_params {
+    ($($ty:ident => $variant:ident),* $(,)?) => {$(
+        impl<'a> MethodParams<'a> for $ty<'a> {
+            fn take(params: Params<'a>) -> Option<Self> {
+                match params {
+                    Params::$variant(params) => Some(params),
+                    _ => None,
+                }
+            }
+        }
+    )*};
+}
+
+method_params! {
+    InitializeParams => Initialize,
+    NamedParams => Named,
+    UriParams => Uri,
+    CompleteParams => Complete,
+}
+
+fn read<'a, T: MethodParams<'a>>(params: Params<'a>) -> Result<T, AuthError> {
+    match params {
+        Params::Raw(raw) => object(raw.get()),
+        // Read for another method, which a message with one `method` cannot do: refuse.
+        other => T::take(other).ok_or_else(malformed),
+    }
+}
+
+fn required<'a, T: MethodParams<'a>>(params: Option<Params<'a>>) -> Result<T, AuthError> {
+    read(params.ok_or_else(|| malformed().with_detail("missing params"))?)
 }
 
 fn message(text: &str) -> Result<Message<'_>, AuthError> {
@@ -383,7 +584,7 @@ fn message(text: &str) -> Result<Message<'_>, AuthError> {
         "initialize" => Operation::Initialize {
             // Optional here (the server judges a missing one), but read strictly when present.
             protocol_version: match p {
-                Some(p) => object::<InitializeParams<'_>>(p.get())?.protocol_version,
+                Some(p) => read::<InitializeParams<'_>>(p)?.protocol_version,
                 None => None,
             },
         },
@@ -394,24 +595,26 @@ fn message(text: &str) -> Result<Message<'_>, AuthError> {
         "prompts/list" => Operation::ListPrompts,
         "logging/setLevel" => Operation::SetLoggingLevel,
         "tools/call" => {
-            let NamedParams { name, arguments } = params(p)?;
+            let NamedParams { name, arguments } = required(p)?;
             Operation::CallTool { name, arguments }
         }
         "prompts/get" => {
-            let NamedParams { name, arguments } = params(p)?;
+            let NamedParams { name, arguments } = required(p)?;
             Operation::GetPrompt { name, arguments }
         }
         "resources/read" => Operation::ReadResource {
-            uri: params::<UriParams<'_>>(p)?.uri,
+            uri: required::<UriParams<'_>>(p)?.uri,
         },
         "resources/subscribe" => Operation::SubscribeResource {
-            uri: params::<UriParams<'_>>(p)?.uri,
+            uri: required::<UriParams<'_>>(p)?.uri,
         },
         "resources/unsubscribe" => Operation::UnsubscribeResource {
-            uri: params::<UriParams<'_>>(p)?.uri,
+            uri: required::<UriParams<'_>>(p)?.uri,
         },
         "completion/complete" => {
-            let CompleteParams { reference } = params(p)?;
+            let CompleteParams {
+                reference: Object(reference),
+            } = required(p)?;
             let reference = match (&*reference.kind, reference.name, reference.uri) {
                 ("ref/prompt", Some(name), _) => CompletionRef::Prompt { name },
                 ("ref/resource", _, Some(uri)) => CompletionRef::Resource { uri },
@@ -503,6 +706,113 @@ mod tests {
         assert!(classify(deep.as_bytes(), 64).is_err());
     }
 
+    /// `params` before `method` are kept raw and read once the method is known; after it, they
+    /// are read in the envelope's pass. Every row gives the same verdict in both orders.
+    #[test]
+    fn member_order_never_changes_the_verdict() {
+        // (method, params, the target when accepted or None when refused)
+        let rows: &[(&str, &str, Option<Option<&str>>)] = &[
+            (
+                "tools/call",
+                r#"{"name":"a","arguments":{"x":[1,{"y":2}]}}"#,
+                Some(Some("a")),
+            ),
+            ("tools/call", r#"{"nam\u0065":"a"}"#, Some(Some("a"))),
+            (
+                "tools/call",
+                r#"{"name":"a","extra":[[{}]]}"#,
+                Some(Some("a")),
+            ),
+            ("tools/call", r#"{"name":"a","name":"b"}"#, None),
+            ("tools/call", r#"{"name":"a","n\u0061me":"b"}"#, None),
+            (
+                "tools/call",
+                r#"{"name":"a","arguments":{},"arguments":{}}"#,
+                None,
+            ),
+            ("tools/call", r#"["a"]"#, None),
+            ("tools/call", "null", None),
+            ("tools/call", r#"{"name":7}"#, None),
+            ("tools/call", "{}", None),
+            (
+                "prompts/get",
+                r#"{"name":"p","arguments":{"k":"v"}}"#,
+                Some(Some("p")),
+            ),
+            ("prompts/get", r#"["p",{}]"#, None),
+            (
+                "resources/read",
+                r#"{"uri":"notes://all"}"#,
+                Some(Some("notes://all")),
+            ),
+            ("resources/read", r#"{"uri":"a","uri":"b"}"#, None),
+            ("resources/subscribe", r#"["notes://all"]"#, None),
+            ("resources/unsubscribe", r#"{"uri":"u"}"#, Some(Some("u"))),
+            (
+                "initialize",
+                r#"{"protocolVersion":"2025-11-25"}"#,
+                Some(None),
+            ),
+            ("initialize", r#"["2025-11-25"]"#, None),
+            ("initialize", "null", None),
+            (
+                "completion/complete",
+                r#"{"ref":{"type":"ref/prompt","name":"p"}}"#,
+                Some(Some("p")),
+            ),
+            (
+                "completion/complete",
+                r#"{"ref":{"type":"ref/resource","uri":"u"}}"#,
+                Some(Some("u")),
+            ),
+            (
+                "completion/complete",
+                r#"{"ref":{"type":"ref/other"}}"#,
+                Some(None),
+            ),
+            ("completion/complete", r#"{"ref":["ref/prompt","p"]}"#, None),
+            (
+                "completion/complete",
+                r#"[{"type":"ref/prompt","name":"p"}]"#,
+                None,
+            ),
+            ("ping", "[1,2]", Some(None)),
+            ("tools/list", r#"{"cursor":"c"}"#, Some(None)),
+            ("notifications/initialized", "null", Some(None)),
+            ("x/y", r#"{"a":[{"b":[]}]}"#, Some(None)),
+        ];
+        for &(method, params, expected) in rows {
+            let first =
+                format!(r#"{{"jsonrpc":"2.0","id":1,"method":"{method}","params":{params}}}"#);
+            let last =
+                format!(r#"{{"params":{params},"id":1,"method":"{method}","jsonrpc":"2.0"}}"#);
+            let verdicts = [one(&first), one(&last)].map(|verdict| match verdict {
+                Ok(op) => {
+                    assert_eq!(op.method(), method, "{method} {params}");
+                    Ok((op.target().map(str::to_owned), format!("{op:?}")))
+                }
+                Err(kind) => Err(kind),
+            });
+            match expected {
+                Some(target) => {
+                    let Ok((got, _)) = &verdicts[0] else {
+                        panic!("{method} {params}: {:?}", verdicts[0]);
+                    };
+                    assert_eq!(got.as_deref(), target, "{method} {params}");
+                }
+                None => assert_eq!(
+                    verdicts[0],
+                    Err(AuthErrorKind::MalformedMessage),
+                    "{method} {params}"
+                ),
+            }
+            assert_eq!(
+                verdicts[0], verdicts[1],
+                "{method} {params}: the orders disagree"
+            );
+        }
+    }
+
     #[test]
     fn initialize_protocol_version() {
         let version = |body: &str| match one(body) {
@@ -554,6 +864,36 @@ mod tests {
         ));
     }
 
+    /// The byte-at-a-time walk `within_depth` replaced, kept as its oracle.
+    fn byte_walk(bytes: &[u8], max: usize) -> bool {
+        let mut depth = 0usize;
+        let mut in_string = false;
+        let mut escaped = false;
+        for &b in bytes {
+            if in_string {
+                match (escaped, b) {
+                    (true, _) => escaped = false,
+                    (false, b'\\') => escaped = true,
+                    (false, b'"') => in_string = false,
+                    _ => {}
+                }
+                continue;
+            }
+            match b {
+                b'"' => in_string = true,
+                b'{' | b'[' => {
+                    depth += 1;
+                    if depth > max {
+                        return false;
+                    }
+                }
+                b'}' | b']' => depth = depth.saturating_sub(1),
+                _ => {}
+            }
+        }
+        true
+    }
+
     proptest::proptest! {
         /// The opener count shortcut never changes the verdict of the exact walk.
         #[test]
@@ -562,6 +902,16 @@ mod tests {
             max in 0usize..8,
         ) {
             proptest::prop_assert_eq!(check_depth(&bytes, max).is_ok(), within_depth(&bytes, max));
+        }
+
+        /// The string-skipping walk agrees with the byte-at-a-time walk on any bytes,
+        /// unterminated strings and trailing backslashes included.
+        #[test]
+        fn depth_walk_agrees_with_the_byte_walk(
+            bytes in proptest::collection::vec(proptest::sample::select(b"{}[]\"\\a".to_vec()), 0..64),
+            max in 0usize..8,
+        ) {
+            proptest::prop_assert_eq!(within_depth(&bytes, max), byte_walk(&bytes, max));
         }
     }
 
@@ -596,6 +946,17 @@ mod tests {
         assert!(matches!(c.messages()[0].operation, Operation::Response));
         let num = r#"{"jsonrpc":"2.0","id":1,"method":7}"#;
         assert!(classify(num.as_bytes(), 8).is_err());
+    }
+
+    #[test]
+    fn openers_are_counted_across_chunks() {
+        for len in [0, 1, 254, 255, 256, 510, 511, 1000] {
+            let all = vec![b'{'; len];
+            assert_eq!(openers(&all), len, "{len}");
+            let mixed: Vec<u8> = (0..len).map(|i| b"{a[\"]}"[i % 6]).collect();
+            let expected = mixed.iter().filter(|&&b| b == b'{' || b == b'[').count();
+            assert_eq!(openers(&mixed), expected, "{len}");
+        }
     }
 
     #[test]

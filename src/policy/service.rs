@@ -240,7 +240,7 @@ where
 {
     let (parts, body) = req.into_parts();
     // Fail closed when the token layer is missing or placed inside this one.
-    let Some(principal) = parts.extensions.get::<Principal>().cloned() else {
+    let Some(principal) = parts.extensions.get::<Principal>() else {
         return Ok(shared.reject(AuthErrorKind::NoPrincipal.into(), None));
     };
     // Only POST carries JSON-RPC; GET (SSE stream), DELETE (session end) and a CORS preflight
@@ -278,7 +278,7 @@ where
         // none; an `initialize` presenting an unknown id is refused too, or its response could
         // bind a live session the store forgot to whoever presented the id.
         let kind = match store.owner(key).await {
-            Some(owner) if owner == SessionOwner::of(&principal) => None,
+            Some(owner) if owner == SessionOwner::of(principal) => None,
             Some(_) => Some(AuthErrorKind::SessionNotOwned),
             None => Some(AuthErrorKind::UnknownSession),
         };
@@ -328,7 +328,7 @@ where
                 record.add_call(op.method(), op.target(), op.arguments());
             }
         }
-        match evaluate(&shared, &principal, &parts, &classified).await {
+        match evaluate(&shared, principal, &parts, &classified).await {
             Ok(plan) => plan,
             Err(response) => return Ok(response),
         }
@@ -341,7 +341,7 @@ where
             shared
                 .sessions
                 .as_ref()
-                .map(|_| SessionOwner::of(&principal))
+                .map(|_| SessionOwner::of(principal))
         })
         .flatten();
     if let (Some(store), Some(owner)) = (&shared.sessions, &new_owner)

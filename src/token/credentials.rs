@@ -91,15 +91,13 @@ fn is_token68(s: &[u8]) -> bool {
 /// A token68 character other than the trailing `=`.
 #[inline]
 fn is_token68_char(b: u8) -> bool {
-    // `| 0x20` lowercases ASCII letters and maps no other byte into `a..=z`.
+    // `| 0x20` lowercases ASCII letters and maps no other byte into `a..=z`; `-` `.` `/` and
+    // the digits are the one run 0x2D..=0x39. Five tests, not eight, per SIMD lane.
     ((b | 0x20).wrapping_sub(b'a') < 26)
-        | (b.wrapping_sub(b'0') < 10)
-        | (b == b'-')
-        | (b == b'.')
+        | (b.wrapping_sub(b'-') <= b'9' - b'-')
         | (b == b'_')
         | (b == b'~')
         | (b == b'+')
-        | (b == b'/')
 }
 
 fn is_form(content_type: &[u8]) -> bool {
