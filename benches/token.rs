@@ -10,7 +10,9 @@
 //! - `cache/*`: the whole stack with the same token, verifying every time (cache off) against a
 //!   verified-token cache hit.
 //! - `audit/*`: the rejection path (no cryptography) with and without the audit layer (a sink
-//!   that discards events): the difference is what auditing adds to the request path.
+//!   that discards events): the difference is what auditing adds to the request path; and the
+//!   JSON line a `JsonLinesSink` writes for a typical allowed call, `AuditEvent::write_json`
+//!   against `serde_json::to_writer` of the same event (identical bytes).
 //!
 //! - `cold/*`: per algorithm (ES256 from `DevIssuer`, EdDSA and RS256 from fixed test keys below),
 //!   `JwtVerifier::verify_token` against `jsonwebtoken::decode` of the same token with an
@@ -268,8 +270,29 @@ fn audit(c: &mut Criterion) {
             })
         })
     });
+    let event: tower_mcp_auth::audit::AuditEvent =
+        serde_json::from_str(SAMPLE_EVENT).expect("sample event");
+    let mut line = Vec::with_capacity(1024);
+    group.bench_function("encode_serde_json", |b| {
+        b.iter(|| {
+            line.clear();
+            serde_json::to_writer(&mut line, black_box(&event)).unwrap();
+            line.len()
+        })
+    });
+    group.bench_function("encode_write_json", |b| {
+        b.iter(|| {
+            line.clear();
+            black_box(&event).write_json(&mut line).unwrap();
+            line.len()
+        })
+    });
     group.finish();
 }
+
+/// An allowed `tools/call` as the loopback server logs it
+/// (`scripts/loopback-instructions ours-audit`).
+const SAMPLE_EVENT: &str = r#"{"schema":1,"time":"2026-12-04T17:13:18.450617Z","event_id":"a3b57466-dafc-4185-957d-0bbed0a2020f","request_id":"a3b57466-dafc-4185-957d-0bbed0a2020e","http":{"method":"POST","path":"/mcp","status":200},"decision":"allow","reason":null,"reason_detail":null,"mcp":[{"method":"tools/call","target":"whoami"}],"session":null,"principal":{"issuer":"https://issuer.bench.example","subject":"bench-user","client_id":"bench-client","delegation_chain":[],"scopes":["notes:read"]},"required_scopes":[],"token":{"jti":"72ab7ab0-a9dd-4829-87d0-5866aa27b19f","thumbprint":"-cYkOCkqey7v6PT4Ou-7AC1oYrKkKi0rVW_Ti0LORfI","binding":"bearer","key_thumbprint":null},"resource":"https://mcp.bench.example/mcp","remote_addr":null,"latency_us":181935,"arguments":null,"outcome":"completed"}"#;
 
 /// Cold (cache off: every request verifies the signature) against warm (cache hit) for the
 /// same token through the whole stack.

@@ -13,6 +13,7 @@
 //! thumbprint. Tool arguments are recorded only through an explicit redaction hook.
 
 mod emitter;
+mod encode;
 pub(crate) mod event;
 mod service;
 mod sink;

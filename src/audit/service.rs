@@ -420,10 +420,13 @@ fn event(pending: Pending, status: u16, outcome: Outcome, error: Option<&AuthErr
     }
 }
 
+const TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
+const X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
+
 /// The trace id of a W3C `traceparent`, else a sane `x-request-id`, else a new UUID.
 fn request_id(headers: &http::HeaderMap) -> String {
     if let Some(trace_id) = headers
-        .get("traceparent")
+        .get(TRACEPARENT)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.split('-').nth(1))
         .filter(|id| id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()))
@@ -431,7 +434,7 @@ fn request_id(headers: &http::HeaderMap) -> String {
         return trace_id.to_ascii_lowercase();
     }
     if let Some(id) = headers
-        .get("x-request-id")
+        .get(X_REQUEST_ID)
         .and_then(|v| v.to_str().ok())
         .filter(|id| {
             (1..=128).contains(&id.len())
@@ -455,7 +458,12 @@ fn unique_id() -> String {
     let base = *BASE.get_or_init(|| uuid::Uuid::new_v4().as_u128());
     // The low 62 bits hold neither the version nor the variant bits.
     let n = COUNTER.fetch_add(1, Ordering::Relaxed) & ((1 << 62) - 1);
-    uuid::Uuid::from_u128(base ^ u128::from(n)).to_string()
+    let mut text = uuid::Uuid::encode_buffer();
+    String::from(
+        uuid::Uuid::from_u128(base ^ u128::from(n))
+            .hyphenated()
+            .encode_lower(&mut text),
+    )
 }
 
 #[cfg(test)]
@@ -477,5 +485,17 @@ mod tests {
         assert_eq!(request_id(&h), "req-42");
         h.insert("x-request-id", "bad id\"".parse().unwrap());
         assert_eq!(request_id(&h).len(), 36);
+    }
+
+    #[test]
+    fn unique_ids_are_distinct_lowercase_uuid_v4() {
+        let (a, b) = (unique_id(), unique_id());
+        assert_ne!(a, b);
+        for id in [a, b] {
+            let uuid = uuid::Uuid::parse_str(&id).unwrap();
+            assert_eq!(uuid.get_version_num(), 4, "{id}");
+            assert_eq!(uuid.get_variant(), uuid::Variant::RFC4122, "{id}");
+            assert_eq!(id, uuid.hyphenated().to_string(), "hyphenated lowercase");
+        }
     }
 }

@@ -216,9 +216,9 @@ impl<W> fmt::Debug for JsonLinesSink<W> {
 #[async_trait]
 impl<W: AsyncWrite + Unpin + Send + 'static> AuditSink for JsonLinesSink<W> {
     async fn write(&self, events: &[AuditEvent]) -> Result<(), SinkError> {
-        let mut buf = Vec::with_capacity(events.len().saturating_mul(512));
+        let mut buf = Vec::with_capacity(events.len().saturating_mul(1024));
         for event in events {
-            serde_json::to_writer(&mut buf, event).map_err(serialize_error)?;
+            event.write_json(&mut buf).map_err(serialize_error)?;
             buf.push(b'\n');
         }
         let mut state = self.state.lock().await;
