@@ -52,7 +52,7 @@ fn main() {
     let mut stack = auth.layer().layer(tower::service_fn(ok_handler));
     let mut bare = tower::service_fn(ok_handler);
     let small = Bytes::from_static(CALL_WHOAMI);
-    let large = large_call();
+    let large = common::large_call("whoami");
     rt.block_on(async {
         // Verifies and caches the token: every counted request is a cache hit.
         let first = stack
@@ -85,28 +85,4 @@ where
     let response = svc.ready().await.unwrap().call(request).await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     drop(black_box(response));
-}
-
-/// A `whoami` call of exactly 64 KiB: the arguments carry an array of small records, as in the
-/// criterion `policy/large_64KiB` bench.
-fn large_call() -> Bytes {
-    const SIZE: usize = 64 * 1024;
-    let head = r#"{"jsonrpc":"2.0","id":8,"method":"tools/call","params":{"name":"whoami","arguments":{"query":"bulk","records":["#;
-    let tail = r#"]}}}"#;
-    let mut body = String::from(head);
-    for n in 0.. {
-        let record = format!(
-            r#"{}{{"line":{n},"text":"lorem ipsum dolor sit amet, consectetur adipiscing elit","tags":["a","b"]}}"#,
-            if n == 0 { "" } else { "," }
-        );
-        if body.len() + record.len() + tail.len() > SIZE {
-            break;
-        }
-        body.push_str(&record);
-    }
-    body.push_str(tail);
-    let pad = SIZE - body.len();
-    let body = body.replacen("bulk", &format!("bulk{}", " ".repeat(pad)), 1);
-    assert_eq!(body.len(), SIZE);
-    Bytes::from(body)
 }

@@ -905,32 +905,6 @@ fn small_call() -> Bytes {
     Bytes::from_static(body)
 }
 
-/// A `tools/call` of exactly 64 KiB: the arguments carry an array of records.
-fn large_call() -> Bytes {
-    const SIZE: usize = 64 * 1024;
-    let head = r#"{"jsonrpc":"2.0","id":8,"method":"tools/call","params":{"name":"search_notes","arguments":{"query":"bulk import","records":["#;
-    let tail = r#"]}}}"#;
-    let mut body = String::from(head);
-    let mut n = 0;
-    loop {
-        let record = format!(
-            r#"{}{{"line":{n},"text":"lorem ipsum dolor sit amet, consectetur adipiscing elit","tags":["a","b"]}}"#,
-            if n == 0 { "" } else { "," }
-        );
-        if body.len() + record.len() + tail.len() > SIZE {
-            break;
-        }
-        body.push_str(&record);
-        n += 1;
-    }
-    body.push_str(tail);
-    // Pad the query string so the body is exactly SIZE bytes (still valid JSON).
-    let pad = SIZE - body.len();
-    let body = body.replacen("bulk import", &format!("bulk import{}", " ".repeat(pad)), 1);
-    assert_eq!(body.len(), SIZE);
-    Bytes::from(body)
-}
-
 fn policy(c: &mut Criterion) {
     let rt = runtime();
     let dev = DevIssuer::new(ISSUER);
@@ -950,7 +924,10 @@ fn policy(c: &mut Criterion) {
         .expect("config");
 
     let mut group = c.benchmark_group("policy");
-    for (size, body) in [("small_250B", small_call()), ("large_64KiB", large_call())] {
+    for (size, body) in [
+        ("small_250B", small_call()),
+        ("large_64KiB", common::large_call("search_notes")),
+    ] {
         let make = || post(body.clone(), &bearer, None);
         let inner = || tower::service_fn(ok_handler);
         // No policy layer at all: the token layer (cache hit) straight to the service.

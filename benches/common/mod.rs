@@ -16,6 +16,33 @@ pub const CALL_WHOAMI: &[u8] =
 pub const RESULT: &[u8] =
     br#"{"jsonrpc":"2.0","id":2,"result":{"content":[{"type":"text","text":"dev-user"}]}}"#;
 
+/// A `tools/call` of `tool` of exactly 64 KiB: the arguments carry an array of small records
+/// (the criterion `policy/large_64KiB` bench and the `*-64k` instruction modes).
+pub fn large_call(tool: &str) -> Bytes {
+    const SIZE: usize = 64 * 1024;
+    let head = format!(
+        r#"{{"jsonrpc":"2.0","id":8,"method":"tools/call","params":{{"name":"{tool}","arguments":{{"query":"bulk import","records":["#
+    );
+    let tail = r#"]}}}"#;
+    let mut body = head;
+    for n in 0.. {
+        let record = format!(
+            r#"{}{{"line":{n},"text":"lorem ipsum dolor sit amet, consectetur adipiscing elit","tags":["a","b"]}}"#,
+            if n == 0 { "" } else { "," }
+        );
+        if body.len() + record.len() + tail.len() > SIZE {
+            break;
+        }
+        body.push_str(&record);
+    }
+    body.push_str(tail);
+    // Pad the query string so the body is exactly SIZE bytes (still valid JSON).
+    let pad = SIZE - body.len();
+    let body = body.replacen("bulk import", &format!("bulk import{}", " ".repeat(pad)), 1);
+    assert_eq!(body.len(), SIZE);
+    Bytes::from(body)
+}
+
 /// The request and response body type.
 pub type Body = Full<Bytes>;
 
