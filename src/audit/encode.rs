@@ -213,7 +213,7 @@ mod tests {
     use super::*;
 
     /// Text mixing what serde_json escapes (controls, `"`, `\`), what it does not (DEL, `/`,
-    /// U+2028, non-ASCII), and plain ASCII, long enough to cross the 16-byte chunks.
+    /// U+2028, non-ASCII), and plain ASCII, long enough to cross several 8-byte words.
     fn text() -> impl Strategy<Value = String> {
         let piece = prop_oneof![
             4 => "[a-zA-Z0-9:/._-]{0,20}",
